@@ -1,0 +1,87 @@
+//! The one seam between the client engine and a store.
+//!
+//! The client backs up and restores through [`Repository`]; the embedded
+//! store implements it in-process, a QUIC connection will implement it for a
+//! remote server. The client never knows which one it has.
+
+use crate::blob::{BlobError, BlobKind};
+use crate::chunker::ChunkerParams;
+use crate::id::{BlobId, SnapshotId};
+use crate::snapshot::Snapshot;
+
+/// What a client must know about a store to write to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Random, fixed at creation: client caches are kept per store id.
+    pub id: String,
+    /// Fixed at creation so chunk boundaries never drift.
+    pub chunker: ChunkerParams,
+    /// zstd level clients should compress blobs with.
+    pub zstd_level: i32,
+}
+
+/// Errors any store can return. Corruption always names the blob.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("blob {id} is corrupt: {source}")]
+    Corrupt {
+        id: BlobId,
+        #[source]
+        source: BlobError,
+    },
+    #[error("blob {id} is corrupt: {detail}")]
+    CorruptDetail { id: BlobId, detail: String },
+    #[error("blob {0} is not in the store")]
+    Missing(BlobId),
+    #[error("snapshot {0} is not in the store")]
+    NoSnapshot(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store index: {0}")]
+    Index(String),
+    #[error("no store at {0} (create one with `homesync init`)")]
+    NotFound(String),
+}
+
+impl StoreError {
+    /// True when the error means stored bytes are damaged (exit code 5).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt { .. } | StoreError::CorruptDetail { .. }
+        )
+    }
+}
+
+/// A content-addressed store as the client sees it.
+///
+/// Ordering promise: a blob for which `put_blob` returned is readable by
+/// `get_blob` in this process; after `commit_snapshot` returns, the snapshot
+/// and everything it references are durable.
+pub trait Repository: Send + Sync {
+    fn config(&self) -> &StoreConfig;
+
+    /// For each id, whether the store already holds it.
+    fn has_blobs(&self, ids: &[BlobId]) -> Result<Vec<bool>, StoreError>;
+
+    /// Stores an encoded blob (see [`crate::blob`]) under `id`, the hash of
+    /// its plain bytes. Returns false when the store already had it.
+    /// A tree is refused unless every blob it references is present.
+    fn put_blob(&self, id: BlobId, kind: BlobKind, encoded: Vec<u8>) -> Result<bool, StoreError>;
+
+    /// The plain bytes of a blob, verified to hash to `id`.
+    fn get_blob(&self, id: BlobId, kind: BlobKind) -> Result<Vec<u8>, StoreError>;
+
+    /// Makes every blob put so far durable, then records the snapshot, in
+    /// that order. Refused when the snapshot's root tree is missing.
+    fn commit_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId, StoreError>;
+
+    /// All snapshots, oldest first.
+    fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError>;
+}
