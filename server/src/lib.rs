@@ -1,1 +1,13 @@
+//! homesync's store: packs of blobs on a [`backend::PackBackend`] plus a
+//! SQLite index saying where each blob lives and which snapshots exist.
+//!
+//! The embedded default store is this crate used in-process; the QUIC
+//! server puts the same [`Store`] behind the network.
 
+pub mod backend;
+pub mod config;
+pub mod index;
+pub mod pack;
+pub mod store;
+
+pub use store::{OpenOptions, Store};

@@ -1,0 +1,193 @@
+//! The SQLite index: which pack holds each blob, and which snapshots exist.
+//!
+//! The index is the store's only mutable state. Rows for blobs are inserted
+//! only after their pack is durable; a snapshot row only in a transaction
+//! that first finds its root tree. Schema changes bump `PRAGMA user_version`.
+
+use homesync_protocol::{BlobId, BlobKind, Snapshot, SnapshotId, StoreError};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+
+use crate::pack::PackEntry;
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE packs(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL
+);
+CREATE TABLE blobs(
+    id BLOB PRIMARY KEY NOT NULL,
+    kind INTEGER NOT NULL,
+    pack INTEGER NOT NULL REFERENCES packs(id),
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE snapshots(
+    id BLOB PRIMARY KEY NOT NULL,
+    time INTEGER NOT NULL,
+    machine TEXT NOT NULL,
+    root BLOB NOT NULL,
+    data BLOB NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Where a blob is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobLocation {
+    pub pack: String,
+    pub kind: BlobKind,
+    pub offset: u64,
+    pub length: u32,
+}
+
+fn sql(e: rusqlite::Error) -> StoreError {
+    StoreError::Index(e.to_string())
+}
+
+pub struct Index {
+    conn: Connection,
+}
+
+impl Index {
+    /// Opens (creating if `create`) the index at `path`.
+    pub fn open(path: &Path, create: bool) -> Result<Index, StoreError> {
+        if !create && !path.exists() {
+            return Err(StoreError::NotFound(path.display().to_string()));
+        }
+        let conn = Connection::open(path).map_err(|e| StoreError::Index(format!("{}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
+        // FULL: a committed snapshot must survive power loss, not just a crash.
+        conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(sql)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql)?;
+        match version {
+            0 => {
+                conn.execute_batch(&format!(
+                    "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .map_err(sql)?;
+            }
+            SCHEMA_VERSION => {}
+            v => {
+                return Err(StoreError::Index(format!(
+                    "{}: schema version {v} is newer than this homesync ({SCHEMA_VERSION})",
+                    path.display()
+                )));
+            }
+        }
+        Ok(Index { conn })
+    }
+
+    pub fn has(&self, id: &BlobId) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")
+            .and_then(|mut s| s.exists([&id.0[..]]))
+            .map_err(sql)
+    }
+
+    pub fn locate(&self, id: &BlobId) -> Result<Option<BlobLocation>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT p.name, b.kind, b.offset, b.length FROM blobs b JOIN packs p ON p.id = b.pack WHERE b.id = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([&id.0[..]], |r| {
+                    let kind: u8 = r.get(1)?;
+                    Ok((r.get::<_, String>(0)?, kind, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+                })
+                .optional()
+            })
+            .map_err(sql)?
+            .map(|(pack, kind, offset, length)| {
+                Ok(BlobLocation {
+                    pack,
+                    kind: BlobKind::from_u8(kind)
+                        .ok_or_else(|| StoreError::Index(format!("blob {id} has unknown kind {kind}")))?,
+                    offset: offset as u64,
+                    length: length as u32,
+                })
+            })
+            .transpose()
+    }
+
+    /// Records a durable pack and its blobs in one transaction. A blob already
+    /// indexed elsewhere keeps its old location (the new copy is garbage).
+    pub fn add_pack(&mut self, name: &str, size: u64, entries: &[PackEntry]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(sql)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO packs(name, size) VALUES (?1, ?2)",
+            params![name, size as i64],
+        )
+        .map_err(sql)?;
+        let pack: i64 = tx
+            .query_row("SELECT id FROM packs WHERE name = ?1", [name], |r| r.get(0))
+            .map_err(sql)?;
+        {
+            let mut st = tx
+                .prepare_cached("INSERT OR IGNORE INTO blobs(id, kind, pack, offset, length) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(sql)?;
+            for e in entries {
+                st.execute(params![&e.id.0[..], e.kind as u8, pack, e.offset as i64, e.length as i64])
+                    .map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Adds the snapshot row, in one transaction that first checks its root
+    /// tree and its own blob are indexed.
+    pub fn add_snapshot(&mut self, id: &SnapshotId, snapshot: &Snapshot, encoded: &[u8]) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        for (what, blob) in [("root tree", BlobId::from(snapshot.root)), ("snapshot blob", BlobId::from(*id))] {
+            let found = tx
+                .prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")
+                .and_then(|mut s| s.exists([&blob.0[..]]))
+                .map_err(sql)?;
+            if !found {
+                return Err(StoreError::Refused(format!(
+                    "snapshot {id}: its {what} {blob} is not in the store"
+                )));
+            }
+        }
+        tx.execute(
+            "INSERT OR IGNORE INTO snapshots(id, time, machine, root, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![&id.0[..], snapshot.time.sec, snapshot.machine, &snapshot.root.0[..], encoded],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)
+    }
+
+    /// All snapshots, oldest first; each row is checked against its id.
+    pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, data FROM snapshots ORDER BY time, id")
+            .map_err(sql)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .map_err(sql)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, data) = row.map_err(sql)?;
+            let id = SnapshotId::from_slice(&id).ok_or_else(|| StoreError::Index("snapshot id is not 32 bytes".into()))?;
+            if SnapshotId::of(&data) != id {
+                return Err(StoreError::CorruptDetail {
+                    id: id.into(),
+                    detail: "snapshot row does not hash to its id".into(),
+                });
+            }
+            let snap = Snapshot::decode(&data).map_err(|e| StoreError::CorruptDetail {
+                id: id.into(),
+                detail: e.to_string(),
+            })?;
+            out.push((id, snap));
+        }
+        Ok(out)
+    }
+}

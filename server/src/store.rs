@@ -1,0 +1,393 @@
+//! The store: packs + index behind the [`Repository`] trait.
+//!
+//! Write path: `put_blob` appends to an in-memory pack (one for chunks, one
+//! for trees and snapshots, so metadata stays together). A full pack is
+//! sealed, written and fsynced through the backend, and only then are its
+//! blobs inserted into the index. Until then they are "pending": visible to
+//! `has_blobs`, `get_blob` and the tree reference check, but not to other
+//! processes. A failed pack write poisons the store: every later call fails,
+//! so no tree or snapshot can ever be committed on top of a lost blob.
+
+use crate::backend::{LocalDir, PackBackend};
+use crate::config;
+use crate::index::Index;
+use crate::pack::PackWriter;
+use homesync_protocol::blob::{self, Blob};
+use homesync_protocol::{
+    BlobId, BlobKind, ChunkerParams, Repository, Snapshot, SnapshotId, StoreConfig, StoreError, Tree,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// A pack is sealed once it holds this many bytes.
+pub const PACK_TARGET: usize = 16 << 20;
+/// Tree packs are sealed smaller: they are read whole when listing.
+pub const TREE_PACK_TARGET: usize = 4 << 20;
+
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Decode and re-hash every uploaded blob. The QUIC server always does;
+    /// the embedded store may skip it because its only writer is the same
+    /// process, which hashed the plain bytes a moment before.
+    pub verify_uploads: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { verify_uploads: true }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Data,
+    Tree,
+}
+
+/// Where a blob not yet in the index is.
+#[derive(Clone)]
+enum Pending {
+    Open { slot: Slot, offset: u64, length: u32 },
+    Sealed { pack: Arc<Vec<u8>>, offset: u64, length: u32 },
+}
+
+struct WriteState {
+    data: PackWriter,
+    tree: PackWriter,
+    pending: HashMap<BlobId, Pending>,
+    poisoned: Option<String>,
+}
+
+impl WriteState {
+    fn writer(&mut self, slot: Slot) -> &mut PackWriter {
+        match slot {
+            Slot::Data => &mut self.data,
+            Slot::Tree => &mut self.tree,
+        }
+    }
+}
+
+pub struct Store {
+    dir: PathBuf,
+    config: StoreConfig,
+    backend: Box<dyn PackBackend>,
+    index: Mutex<Index>,
+    state: Mutex<WriteState>,
+    options: OpenOptions,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere must not make the store unusable for error reporting.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Store {
+    /// Creates a new, empty store in `dir` (which may exist but must not
+    /// already hold a store).
+    pub fn init(dir: &Path, chunker: ChunkerParams, zstd_level: i32) -> Result<Store, StoreError> {
+        chunker.validate().map_err(|e| StoreError::Refused(e.to_string()))?;
+        let cfg_path = dir.join("config");
+        if cfg_path.exists() {
+            return Err(StoreError::Refused(format!("a store already exists at {}", dir.display())));
+        }
+        std::fs::create_dir_all(dir.join("packs")).map_err(|source| StoreError::Io {
+            context: format!("creating store directory {}", dir.display()),
+            source,
+        })?;
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|e| StoreError::Refused(format!("no randomness for the store id: {e}")))?;
+        let cfg = StoreConfig {
+            id: homesync_protocol::id::hex(&id),
+            chunker,
+            zstd_level,
+        };
+        Index::open(&dir.join("index.sqlite"), true)?;
+        // The config file is written last: it is what marks a complete store.
+        config::write(&cfg_path, &cfg)?;
+        Store::open(dir, OpenOptions::default())
+    }
+
+    /// Opens the store in `dir`.
+    pub fn open(dir: &Path, options: OpenOptions) -> Result<Store, StoreError> {
+        let cfg_path = dir.join("config");
+        if !cfg_path.exists() {
+            return Err(StoreError::NotFound(dir.display().to_string()));
+        }
+        let config = config::read(&cfg_path)?;
+        let index = Index::open(&dir.join("index.sqlite"), false)?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            config,
+            backend: Box::new(LocalDir::new(dir.join("packs"))),
+            index: Mutex::new(index),
+            state: Mutex::new(WriteState {
+                data: PackWriter::new(),
+                tree: PackWriter::new(),
+                pending: HashMap::new(),
+                poisoned: None,
+            }),
+            options,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_poisoned(state: &WriteState) -> Result<(), StoreError> {
+        match &state.poisoned {
+            Some(why) => Err(StoreError::Refused(format!(
+                "an earlier pack write failed, nothing more is accepted in this session: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn present(&self, state: &WriteState, id: &BlobId) -> Result<bool, StoreError> {
+        Ok(state.pending.contains_key(id) || lock(&self.index).has(id)?)
+    }
+
+    /// Seals the open pack in `slot` (if it has blobs), writes it durably,
+    /// then indexes it. Called without the state lock held.
+    fn flush_slot(&self, slot: Slot) -> Result<(), StoreError> {
+        let (name, bytes, entries) = {
+            let mut st = lock(&self.state);
+            Self::check_poisoned(&st)?;
+            let w = st.writer(slot);
+            if w.is_empty() {
+                return Ok(());
+            }
+            let (name, bytes, entries) = std::mem::take(w).finish();
+            let bytes = Arc::new(bytes);
+            for e in &entries {
+                st.pending.insert(
+                    e.id,
+                    Pending::Sealed {
+                        pack: bytes.clone(),
+                        offset: e.offset,
+                        length: e.length,
+                    },
+                );
+            }
+            (name, bytes, entries)
+        };
+        let result = self
+            .backend
+            .put(&name, &bytes)
+            .and_then(|()| lock(&self.index).add_pack(&name, bytes.len() as u64, &entries));
+        let mut st = lock(&self.state);
+        for e in &entries {
+            st.pending.remove(&e.id);
+        }
+        if let Err(e) = &result {
+            st.poisoned = Some(format!("pack {name}: {e}"));
+        }
+        result
+    }
+
+    /// Makes every blob put so far durable and indexed.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.flush_slot(Slot::Data)?;
+        self.flush_slot(Slot::Tree)
+    }
+
+    fn verify_upload(&self, id: BlobId, kind: BlobKind, encoded: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let corrupt = |source| StoreError::Corrupt { id, source };
+        let parsed = Blob::parse(encoded).map_err(corrupt)?;
+        if parsed.kind != kind {
+            return Err(corrupt(blob::BlobError::WrongKind {
+                expected: kind,
+                found: parsed.kind,
+            }));
+        }
+        if self.options.verify_uploads || kind == BlobKind::Tree {
+            return parsed.plain_verified(id).map(Some).map_err(corrupt);
+        }
+        Ok(None)
+    }
+}
+
+impl Repository for Store {
+    fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn has_blobs(&self, ids: &[BlobId]) -> Result<Vec<bool>, StoreError> {
+        let st = lock(&self.state);
+        ids.iter().map(|id| self.present(&st, id)).collect()
+    }
+
+    fn put_blob(&self, id: BlobId, kind: BlobKind, encoded: Vec<u8>) -> Result<bool, StoreError> {
+        let plain = self.verify_upload(id, kind, &encoded)?;
+        let tree = match (kind, plain) {
+            (BlobKind::Tree, Some(p)) => Some(Tree::decode(&p).map_err(|e| StoreError::Refused(format!("tree {id}: {e}")))?),
+            _ => None,
+        };
+        let slot = if kind == BlobKind::Chunk { Slot::Data } else { Slot::Tree };
+        let full = {
+            let mut st = lock(&self.state);
+            Self::check_poisoned(&st)?;
+            if self.present(&st, &id)? {
+                return Ok(false);
+            }
+            // A tree may only name blobs the store already holds; trees are
+            // uploaded bottom-up, so a snapshot's root transitively covers all.
+            if let Some(tree) = &tree {
+                for r in tree.references() {
+                    if !self.present(&st, &r)? {
+                        return Err(StoreError::Refused(format!("tree {id} references blob {r}, which the store lacks")));
+                    }
+                }
+            }
+            let w = st.writer(slot);
+            let offset = w.add(id, kind, &encoded);
+            let target = if slot == Slot::Data { PACK_TARGET } else { TREE_PACK_TARGET };
+            let full = w.len() >= target;
+            st.pending.insert(
+                id,
+                Pending::Open {
+                    slot,
+                    offset,
+                    length: encoded.len() as u32,
+                },
+            );
+            full
+        };
+        if full {
+            self.flush_slot(slot)?;
+        }
+        Ok(true)
+    }
+
+    fn get_blob(&self, id: BlobId, kind: BlobKind) -> Result<Vec<u8>, StoreError> {
+        let pending = lock(&self.state).pending.get(&id).cloned();
+        let encoded = match pending {
+            Some(Pending::Open { slot, offset, length }) => {
+                let mut st = lock(&self.state);
+                st.writer(slot).slice(offset, length).to_vec()
+            }
+            Some(Pending::Sealed { pack, offset, length }) => {
+                pack[offset as usize..offset as usize + length as usize].to_vec()
+            }
+            None => {
+                let loc = lock(&self.index).locate(&id)?.ok_or(StoreError::Missing(id))?;
+                self.backend.read_at(&loc.pack, loc.offset, loc.length as usize)?
+            }
+        };
+        blob::decode_verified(&encoded, id, kind).map_err(|source| StoreError::Corrupt { id, source })
+    }
+
+    fn commit_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId, StoreError> {
+        let encoded = snapshot.encode();
+        let id = SnapshotId::of(&encoded);
+        let blob = homesync_protocol::BlobEncoder::new(self.config.zstd_level).encode(BlobKind::Snapshot, &encoded);
+        self.put_blob(id.into(), BlobKind::Snapshot, blob)?;
+        self.flush()?;
+        lock(&self.index).add_snapshot(&id, snapshot, &encoded)?;
+        Ok(id)
+    }
+
+    fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError> {
+        lock(&self.index).snapshots()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use homesync_protocol::{BlobEncoder, ChunkId, Node, NodeKind, Timestamp, TreeId};
+
+    fn chunk(store: &Store, data: &[u8]) -> ChunkId {
+        let id = ChunkId::of(data);
+        store
+            .put_blob(id.into(), BlobKind::Chunk, BlobEncoder::new(3).encode(BlobKind::Chunk, data))
+            .unwrap();
+        id
+    }
+
+    fn tree_with(chunks: Vec<ChunkId>) -> (TreeId, Vec<u8>) {
+        let mut n = Node::new(b"f".to_vec(), NodeKind::File);
+        n.size = 5;
+        n.chunks = chunks;
+        let t = Tree::new(vec![n]);
+        (t.id(), BlobEncoder::new(3).encode(BlobKind::Tree, &t.encode()))
+    }
+
+    fn snapshot(root: TreeId) -> Snapshot {
+        Snapshot {
+            time: Timestamp { sec: 1, nsec: 0 },
+            machine: "m".into(),
+            source: b"/home".to_vec(),
+            root,
+            parent: None,
+            tags: vec![],
+            stats: Default::default(),
+        }
+    }
+
+    #[test]
+    fn blobs_survive_reopen_and_are_packed_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path(), ChunkerParams::default(), 3).unwrap();
+        let ids: Vec<ChunkId> = (0..1000u32).map(|i| chunk(&store, format!("file {i}").as_bytes())).collect();
+        assert!(!store.put_blob(ids[0].into(), BlobKind::Chunk, BlobEncoder::new(3).encode(BlobKind::Chunk, b"file 0")).unwrap());
+        let (tid, tblob) = tree_with(ids.clone());
+        store.put_blob(tid.into(), BlobKind::Tree, tblob).unwrap();
+        let sid = store.commit_snapshot(&snapshot(tid)).unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), OpenOptions::default()).unwrap();
+        assert_eq!(store.get_blob(ids[7].into(), BlobKind::Chunk).unwrap(), b"file 7");
+        assert_eq!(store.snapshots().unwrap()[0].0, sid);
+        // 1000 blobs, one data pack and one tree pack.
+        assert_eq!(store.backend.list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_tree_naming_a_missing_blob_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path(), ChunkerParams::default(), 3).unwrap();
+        let (tid, tblob) = tree_with(vec![ChunkId([9; 32])]);
+        let err = store.put_blob(tid.into(), BlobKind::Tree, tblob).unwrap_err();
+        assert!(err.to_string().contains("lacks"), "{err}");
+        let err = store.commit_snapshot(&snapshot(tid)).unwrap_err();
+        assert!(err.to_string().contains("not in the store"), "{err}");
+        assert!(store.snapshots().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_forged_upload_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path(), ChunkerParams::default(), 3).unwrap();
+        let blob = BlobEncoder::new(3).encode(BlobKind::Chunk, b"real bytes");
+        let err = store.put_blob(BlobId::of(b"other bytes"), BlobKind::Chunk, blob).unwrap_err();
+        assert!(err.is_corruption(), "{err}");
+        assert!(!store.has_blobs(&[BlobId::of(b"other bytes")]).unwrap()[0]);
+    }
+
+    #[test]
+    fn a_flipped_byte_on_disk_is_reported_naming_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path(), ChunkerParams::default(), 3).unwrap();
+        let data = vec![7u8; 1000];
+        let id = chunk(&store, &data);
+        store.flush().unwrap();
+        let loc = lock(&store.index).locate(&id.into()).unwrap().unwrap();
+        let path = dir.path().join("packs").join(&loc.pack[..2]).join(&loc.pack);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[loc.offset as usize + loc.length as usize - 1] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let err = store.get_blob(id.into(), BlobKind::Chunk).unwrap_err();
+        assert!(err.is_corruption());
+        assert!(err.to_string().contains(&id.to_hex()), "{err}");
+    }
+
+    #[test]
+    fn opening_a_missing_store_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Store::open(&dir.path().join("nope"), OpenOptions::default()),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+}
