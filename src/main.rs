@@ -1,1 +1,219 @@
-fn main() {}
+//! The `homesync` command: argument parsing, output and exit codes. All the
+//! work is done by the client engine and the store.
+
+mod cli;
+mod output;
+mod progress_bar;
+
+use anyhow::Context;
+use clap::Parser;
+use cli::{Cli, Command};
+use homesync_client::backup::{self, BackupOptions};
+use homesync_client::browse;
+use homesync_client::restore::{self, RestoreOptions};
+use homesync_client::{ClientError, Progress};
+use homesync_protocol::{ChunkerParams, Repository, StoreError};
+use homesync_server::{OpenOptions, Store};
+use output::Out;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit codes (documented in docs/cli.md).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const PARTIAL: u8 = 3;
+    pub const NO_STORE: u8 = 4;
+    pub const CORRUPT: u8 = 5;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HOMESYNC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = classify(&e);
+            Out::new(cli.json).error(None, &format!("{e:#}"));
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The exit code for a fatal error.
+fn classify(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(s) = cause.downcast_ref::<StoreError>() {
+            return match s {
+                StoreError::NotFound(_) => exit::NO_STORE,
+                e if e.is_corruption() => exit::CORRUPT,
+                _ => exit::ERROR,
+            };
+        }
+        if let Some(c) = cause.downcast_ref::<ClientError>() {
+            return match c {
+                ClientError::Store(StoreError::NotFound(_)) => exit::NO_STORE,
+                ClientError::Usage(_) | ClientError::Exclude { .. } => exit::USAGE,
+                c if c.is_corruption() => exit::CORRUPT,
+                _ => exit::ERROR,
+            };
+        }
+    }
+    exit::ERROR
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from)
+}
+
+fn xdg(var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| home().join(fallback))
+}
+
+/// The store used when neither `--repo` nor `HOMESYNC_REPO` is given.
+fn default_repo() -> PathBuf {
+    xdg("XDG_DATA_HOME", ".local/share").join("homesync/store")
+}
+
+fn cache_dir() -> PathBuf {
+    xdg("XDG_CACHE_HOME", ".cache").join("homesync")
+}
+
+fn open_store(cli: &Cli, create_default: bool, out: &Out) -> anyhow::Result<Store> {
+    let path = cli.repo.clone().unwrap_or_else(default_repo);
+    let options = OpenOptions {
+        // In-process: the only writer is this process, which hashed each
+        // chunk itself a moment before. The network server always verifies.
+        verify_uploads: false,
+    };
+    match Store::open(&path, options.clone()) {
+        Err(StoreError::NotFound(_)) if create_default && cli.repo.is_none() => {
+            Store::init(&path, ChunkerParams::default(), 3)
+                .with_context(|| format!("creating store {}", path.display()))?;
+            out.note(&format!("created the default store at {}", path.display()));
+            Ok(Store::open(&path, options)?)
+        }
+        r => r.with_context(|| format!("opening store {}", path.display())),
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<u8> {
+    let out = Out::new(cli.json);
+    match &cli.command {
+        Command::Init => {
+            let path = cli.repo.clone().unwrap_or_else(default_repo);
+            let store = Store::init(&path, ChunkerParams::default(), 3)
+                .with_context(|| format!("creating store {}", path.display()))?;
+            out.init(&path, &store.config().id);
+            Ok(exit::OK)
+        }
+        Command::Backup(a) => {
+            let store = open_store(cli, true, &out)?;
+            let mut patterns = a.exclude.clone();
+            for f in &a.exclude_file {
+                patterns.extend(homesync_client::exclude::Excludes::read_file(f)?);
+            }
+            let paths = if a.paths.is_empty() {
+                vec![home()]
+            } else {
+                a.paths.clone()
+            };
+            let mut code = exit::OK;
+            for path in paths {
+                let opts = BackupOptions {
+                    source: path.clone(),
+                    excludes: patterns.clone(),
+                    default_excludes: !a.no_default_excludes,
+                    one_file_system: !a.cross_file_systems,
+                    machine: a.machine.clone().unwrap_or_else(backup::default_machine),
+                    tags: a.tag.clone(),
+                    cache_dir: (!a.no_cache).then(cache_dir),
+                    skip: vec![store.dir().to_path_buf()],
+                };
+                let progress = std::sync::Arc::new(Progress::default());
+                let bar = progress_bar::start(&progress, !cli.json, "backing up");
+                let started = std::time::Instant::now();
+                let report = backup::backup(&store, &opts, &progress);
+                bar.finish();
+                let report = report.with_context(|| format!("backing up {}", path.display()))?;
+                for e in &report.errors {
+                    out.error(Some(&e.path), &e.error);
+                }
+                out.backup_summary(&report, started.elapsed());
+                if !report.errors.is_empty() {
+                    code = exit::PARTIAL;
+                }
+            }
+            Ok(code)
+        }
+        Command::Snapshots => {
+            let store = open_store(cli, false, &out)?;
+            out.snapshots(&store.snapshots()?);
+            Ok(exit::OK)
+        }
+        Command::Ls(a) => {
+            let store = open_store(cli, false, &out)?;
+            let (_, snap) = browse::resolve(&store, &a.snapshot)?;
+            let rel = a
+                .path
+                .as_ref()
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .unwrap_or_default();
+            let node = browse::find(&store, &snap, &rel)?;
+            let start = browse::split_path(&rel)?.join(&b'/');
+            browse::walk(&store, start, &node, &mut |p, n| out.node(p, n))?;
+            Ok(exit::OK)
+        }
+        Command::Restore(a) => {
+            let store = open_store(cli, false, &out)?;
+            let (_, snap) = browse::resolve(&store, &a.snapshot)?;
+            let opts = RestoreOptions {
+                target: a.target.clone(),
+                paths: a
+                    .paths
+                    .iter()
+                    .map(|p| p.as_os_str().as_bytes().to_vec())
+                    .collect(),
+                numeric_ids: a.numeric_ids,
+            };
+            let progress = std::sync::Arc::new(Progress::default());
+            let bar = progress_bar::start(&progress, !cli.json, "restoring");
+            let started = std::time::Instant::now();
+            let report = restore::restore(&store, &snap, &opts, &progress);
+            bar.finish();
+            let report = report?;
+            for w in &report.warnings {
+                out.note(&format!("warning: {w}"));
+            }
+            for e in &report.errors {
+                out.error(Some(&e.path), &e.error);
+            }
+            out.restore_summary(&report, started.elapsed());
+            Ok(if report.errors.iter().any(|e| e.corruption) {
+                exit::CORRUPT
+            } else if !report.errors.is_empty() {
+                exit::PARTIAL
+            } else {
+                exit::OK
+            })
+        }
+        Command::Diff(a) => {
+            let store = open_store(cli, false, &out)?;
+            let (_, x) = browse::resolve(&store, &a.from)?;
+            let (_, y) = browse::resolve(&store, &a.to)?;
+            browse::diff(&store, &x.root, &y.root, &mut |c, p, n| out.change(c, p, n))?;
+            Ok(exit::OK)
+        }
+    }
+}

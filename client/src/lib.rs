@@ -1,1 +1,19 @@
+//! homesync's client engine: scan a home, back it up into a [`Repository`],
+//! browse snapshots, and restore them faithfully.
+//!
+//! The engine knows stores only through [`homesync_protocol::Repository`]:
+//! the embedded store and (later) a QUIC connection look the same to it.
 
+pub mod backup;
+pub mod browse;
+pub mod error;
+pub mod exclude;
+pub mod filecache;
+pub mod meta;
+pub mod owners;
+pub mod progress;
+pub mod restore;
+pub mod scan;
+
+pub use error::{ClientError, EntryError};
+pub use progress::Progress;

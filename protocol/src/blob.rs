@@ -285,8 +285,8 @@ mod tests {
             bytes.push(codec);
             bytes.extend_from_slice(&len.to_le_bytes());
             bytes.extend_from_slice(&junk);
-            if let Ok(b) = Blob::parse(&bytes) {
-                if let Ok(p) = b.plain() { prop_assert_eq!(p.len(), len as usize); }
+            if let Ok(p) = Blob::parse(&bytes).and_then(|b| b.plain()) {
+                prop_assert_eq!(p.len(), len as usize);
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Snapshots: one backup of one source (machine + path) at one time.
 
 use crate::id::{SnapshotId, TreeId};
-use crate::tree::{FormatError, Timestamp, decode_versioned, encode_versioned};
+use crate::tree::{FormatError, Node, NodeKind, Timestamp, decode_versioned, encode_versioned};
 use serde::{Deserialize, Serialize};
 
 pub const SNAPSHOT_VERSION: u8 = 1;
@@ -30,7 +30,8 @@ pub struct Snapshot {
     pub machine: String,
     /// The absolute source path, raw bytes.
     pub source: Vec<u8>,
-    pub root: TreeId,
+    /// The source directory itself: its metadata, and its tree as `subtree`.
+    pub root: Node,
     pub parent: Option<SnapshotId>,
     pub tags: Vec<String>,
     pub stats: SnapshotStats,
@@ -42,7 +43,22 @@ impl Snapshot {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Snapshot, FormatError> {
-        decode_versioned(SNAPSHOT_VERSION, bytes)
+        let snap: Snapshot = decode_versioned(SNAPSHOT_VERSION, bytes)?;
+        snap.root.validate()?;
+        if snap.root.kind != NodeKind::Dir {
+            return Err(FormatError::BadNode {
+                name: String::from_utf8_lossy(&snap.root.name).into_owned(),
+                why: "a snapshot's root must be a directory",
+            });
+        }
+        Ok(snap)
+    }
+
+    /// The id of the source directory's tree.
+    pub fn root_tree(&self) -> TreeId {
+        self.root
+            .subtree
+            .expect("validated: a snapshot root is a directory")
     }
 
     pub fn id(&self) -> SnapshotId {
@@ -62,7 +78,11 @@ mod tests {
                 time: Timestamp { sec, nsec: 5 },
                 machine,
                 source,
-                root: TreeId(root),
+                root: {
+                    let mut n = Node::new(b"home".to_vec(), NodeKind::Dir);
+                    n.subtree = Some(TreeId(root));
+                    n
+                },
                 parent: Some(SnapshotId(root)),
                 tags,
                 stats: SnapshotStats { files, ..Default::default() },

@@ -152,7 +152,7 @@ impl Node {
         }
     }
 
-    fn validate(&self) -> Result<(), FormatError> {
+    pub(crate) fn validate(&self) -> Result<(), FormatError> {
         check_name(&self.name)?;
         let bad = |why| {
             Err(FormatError::BadNode {

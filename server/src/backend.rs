@@ -85,8 +85,10 @@ impl PackBackend for LocalDir {
         let path = self.path(name);
         let f = File::open(&path).map_err(io(format!("opening pack {}", path.display())))?;
         let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, offset)
-            .map_err(io(format!("reading {len} bytes at {offset} of pack {}", path.display())))?;
+        f.read_exact_at(&mut buf, offset).map_err(io(format!(
+            "reading {len} bytes at {offset} of pack {}",
+            path.display()
+        )))?;
         Ok(buf)
     }
 

@@ -25,8 +25,10 @@ pub fn write(path: &Path, config: &StoreConfig) -> Result<(), StoreError> {
 
 /// Reads and validates the config file at `path`.
 pub fn read(path: &Path) -> Result<StoreConfig, StoreError> {
-    let text = std::fs::read_to_string(path).map_err(io(format!("reading store config {}", path.display())))?;
-    parse(&text).map_err(|why| StoreError::Refused(format!("store config {}: {why}", path.display())))
+    let text = std::fs::read_to_string(path)
+        .map_err(io(format!("reading store config {}", path.display())))?;
+    parse(&text)
+        .map_err(|why| StoreError::Refused(format!("store config {}: {why}", path.display())))
 }
 
 fn parse(text: &str) -> Result<StoreConfig, String> {
@@ -47,9 +49,13 @@ fn parse(text: &str) -> Result<StoreConfig, String> {
     };
     let format = num("format")?;
     if format != FORMAT as i64 {
-        return Err(format!("unsupported store format {format} (this homesync reads {FORMAT})"));
+        return Err(format!(
+            "unsupported store format {format} (this homesync reads {FORMAT})"
+        ));
     }
-    let to_u32 = |k: &str| -> Result<u32, String> { u32::try_from(num(k)?).map_err(|e| format!("`{k}`: {e}")) };
+    let to_u32 = |k: &str| -> Result<u32, String> {
+        u32::try_from(num(k)?).map_err(|e| format!("`{k}`: {e}"))
+    };
     let chunker = ChunkerParams {
         min: to_u32("chunker_min")?,
         avg: to_u32("chunker_avg")?,
@@ -82,7 +88,10 @@ mod tests {
         };
         write(&p, &c).unwrap();
         assert_eq!(read(&p).unwrap(), c);
-        let err = parse("format = 1\nid = x\nchunker_min = 1\nchunker_avg = 2\nchunker_max = 3\nzstd_level = 3").unwrap_err();
+        let err = parse(
+            "format = 1\nid = x\nchunker_min = 1\nchunker_avg = 2\nchunker_max = 3\nzstd_level = 3",
+        )
+        .unwrap_err();
         assert!(err.contains("min"), "{err}");
         assert!(parse("format = 9").unwrap_err().contains("format 9"));
     }

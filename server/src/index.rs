@@ -57,12 +57,18 @@ impl Index {
         if !create && !path.exists() {
             return Err(StoreError::NotFound(path.display().to_string()));
         }
-        let conn = Connection::open(path).map_err(|e| StoreError::Index(format!("{}: {e}", path.display())))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Index(format!("{}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
         // FULL: a committed snapshot must survive power loss, not just a crash.
-        conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(sql)?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(sql)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql)?;
         match version {
             0 => {
                 conn.execute_batch(&format!(
@@ -115,7 +121,12 @@ impl Index {
 
     /// Records a durable pack and its blobs in one transaction. A blob already
     /// indexed elsewhere keeps its old location (the new copy is garbage).
-    pub fn add_pack(&mut self, name: &str, size: u64, entries: &[PackEntry]) -> Result<(), StoreError> {
+    pub fn add_pack(
+        &mut self,
+        name: &str,
+        size: u64,
+        entries: &[PackEntry],
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(sql)?;
         tx.execute(
             "INSERT OR IGNORE INTO packs(name, size) VALUES (?1, ?2)",
@@ -130,8 +141,14 @@ impl Index {
                 .prepare_cached("INSERT OR IGNORE INTO blobs(id, kind, pack, offset, length) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .map_err(sql)?;
             for e in entries {
-                st.execute(params![&e.id.0[..], e.kind as u8, pack, e.offset as i64, e.length as i64])
-                    .map_err(sql)?;
+                st.execute(params![
+                    &e.id.0[..],
+                    e.kind as u8,
+                    pack,
+                    e.offset as i64,
+                    e.length as i64
+                ])
+                .map_err(sql)?;
             }
         }
         tx.commit().map_err(sql)
@@ -139,12 +156,20 @@ impl Index {
 
     /// Adds the snapshot row, in one transaction that first checks its root
     /// tree and its own blob are indexed.
-    pub fn add_snapshot(&mut self, id: &SnapshotId, snapshot: &Snapshot, encoded: &[u8]) -> Result<(), StoreError> {
+    pub fn add_snapshot(
+        &mut self,
+        id: &SnapshotId,
+        snapshot: &Snapshot,
+        encoded: &[u8],
+    ) -> Result<(), StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sql)?;
-        for (what, blob) in [("root tree", BlobId::from(snapshot.root)), ("snapshot blob", BlobId::from(*id))] {
+        for (what, blob) in [
+            ("root tree", BlobId::from(snapshot.root_tree())),
+            ("snapshot blob", BlobId::from(*id)),
+        ] {
             let found = tx
                 .prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")
                 .and_then(|mut s| s.exists([&blob.0[..]]))
@@ -157,7 +182,7 @@ impl Index {
         }
         tx.execute(
             "INSERT OR IGNORE INTO snapshots(id, time, machine, root, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![&id.0[..], snapshot.time.sec, snapshot.machine, &snapshot.root.0[..], encoded],
+            params![&id.0[..], snapshot.time.sec, snapshot.machine, &snapshot.root_tree().0[..], encoded],
         )
         .map_err(sql)?;
         tx.commit().map_err(sql)
@@ -170,12 +195,15 @@ impl Index {
             .prepare_cached("SELECT id, data FROM snapshots ORDER BY time, id")
             .map_err(sql)?;
         let rows = st
-            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .query_map([], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
             .map_err(sql)?;
         let mut out = Vec::new();
         for row in rows {
             let (id, data) = row.map_err(sql)?;
-            let id = SnapshotId::from_slice(&id).ok_or_else(|| StoreError::Index("snapshot id is not 32 bytes".into()))?;
+            let id = SnapshotId::from_slice(&id)
+                .ok_or_else(|| StoreError::Index("snapshot id is not 32 bytes".into()))?;
             if SnapshotId::of(&data) != id {
                 return Err(StoreError::CorruptDetail {
                     id: id.into(),

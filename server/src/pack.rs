@@ -96,7 +96,8 @@ impl PackWriter {
             self.bytes.extend_from_slice(&e.offset.to_le_bytes());
             self.bytes.extend_from_slice(&e.length.to_le_bytes());
         }
-        self.bytes.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         self.bytes.extend_from_slice(FOOTER_MAGIC);
         let name = blake3::hash(&self.bytes).to_hex().to_string();
         (name, self.bytes, self.entries)
@@ -115,7 +116,8 @@ pub fn read_entries(pack: &[u8]) -> Result<Vec<PackEntry>, PackError> {
     if pack[4] != VERSION {
         return Err(PackError::Version(pack[4]));
     }
-    let count = u32::from_le_bytes(pack[pack.len() - 8..pack.len() - 4].try_into().expect("4")) as usize;
+    let count =
+        u32::from_le_bytes(pack[pack.len() - 8..pack.len() - 4].try_into().expect("4")) as usize;
     let trailer_len = count
         .checked_mul(ENTRY_LEN)
         .filter(|&l| l + HEADER_LEN + 8 <= pack.len())

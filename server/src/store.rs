@@ -14,7 +14,8 @@ use crate::index::Index;
 use crate::pack::PackWriter;
 use homesync_protocol::blob::{self, Blob};
 use homesync_protocol::{
-    BlobId, BlobKind, ChunkerParams, Repository, Snapshot, SnapshotId, StoreConfig, StoreError, Tree,
+    BlobId, BlobKind, ChunkerParams, Repository, Snapshot, SnapshotId, StoreConfig, StoreError,
+    Tree,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,7 +36,9 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { verify_uploads: true }
+        OpenOptions {
+            verify_uploads: true,
+        }
     }
 }
 
@@ -48,8 +51,16 @@ enum Slot {
 /// Where a blob not yet in the index is.
 #[derive(Clone)]
 enum Pending {
-    Open { slot: Slot, offset: u64, length: u32 },
-    Sealed { pack: Arc<Vec<u8>>, offset: u64, length: u32 },
+    Open {
+        slot: Slot,
+        offset: u64,
+        length: u32,
+    },
+    Sealed {
+        pack: Arc<Vec<u8>>,
+        offset: u64,
+        length: u32,
+    },
 }
 
 struct WriteState {
@@ -86,17 +97,23 @@ impl Store {
     /// Creates a new, empty store in `dir` (which may exist but must not
     /// already hold a store).
     pub fn init(dir: &Path, chunker: ChunkerParams, zstd_level: i32) -> Result<Store, StoreError> {
-        chunker.validate().map_err(|e| StoreError::Refused(e.to_string()))?;
+        chunker
+            .validate()
+            .map_err(|e| StoreError::Refused(e.to_string()))?;
         let cfg_path = dir.join("config");
         if cfg_path.exists() {
-            return Err(StoreError::Refused(format!("a store already exists at {}", dir.display())));
+            return Err(StoreError::Refused(format!(
+                "a store already exists at {}",
+                dir.display()
+            )));
         }
         std::fs::create_dir_all(dir.join("packs")).map_err(|source| StoreError::Io {
             context: format!("creating store directory {}", dir.display()),
             source,
         })?;
         let mut id = [0u8; 16];
-        getrandom::fill(&mut id).map_err(|e| StoreError::Refused(format!("no randomness for the store id: {e}")))?;
+        getrandom::fill(&mut id)
+            .map_err(|e| StoreError::Refused(format!("no randomness for the store id: {e}")))?;
         let cfg = StoreConfig {
             id: homesync_protocol::id::hex(&id),
             chunker,
@@ -192,7 +209,12 @@ impl Store {
         self.flush_slot(Slot::Tree)
     }
 
-    fn verify_upload(&self, id: BlobId, kind: BlobKind, encoded: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    fn verify_upload(
+        &self,
+        id: BlobId,
+        kind: BlobKind,
+        encoded: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let corrupt = |source| StoreError::Corrupt { id, source };
         let parsed = Blob::parse(encoded).map_err(corrupt)?;
         if parsed.kind != kind {
@@ -221,10 +243,16 @@ impl Repository for Store {
     fn put_blob(&self, id: BlobId, kind: BlobKind, encoded: Vec<u8>) -> Result<bool, StoreError> {
         let plain = self.verify_upload(id, kind, &encoded)?;
         let tree = match (kind, plain) {
-            (BlobKind::Tree, Some(p)) => Some(Tree::decode(&p).map_err(|e| StoreError::Refused(format!("tree {id}: {e}")))?),
+            (BlobKind::Tree, Some(p)) => {
+                Some(Tree::decode(&p).map_err(|e| StoreError::Refused(format!("tree {id}: {e}")))?)
+            }
             _ => None,
         };
-        let slot = if kind == BlobKind::Chunk { Slot::Data } else { Slot::Tree };
+        let slot = if kind == BlobKind::Chunk {
+            Slot::Data
+        } else {
+            Slot::Tree
+        };
         let full = {
             let mut st = lock(&self.state);
             Self::check_poisoned(&st)?;
@@ -236,13 +264,19 @@ impl Repository for Store {
             if let Some(tree) = &tree {
                 for r in tree.references() {
                     if !self.present(&st, &r)? {
-                        return Err(StoreError::Refused(format!("tree {id} references blob {r}, which the store lacks")));
+                        return Err(StoreError::Refused(format!(
+                            "tree {id} references blob {r}, which the store lacks"
+                        )));
                     }
                 }
             }
             let w = st.writer(slot);
             let offset = w.add(id, kind, &encoded);
-            let target = if slot == Slot::Data { PACK_TARGET } else { TREE_PACK_TARGET };
+            let target = if slot == Slot::Data {
+                PACK_TARGET
+            } else {
+                TREE_PACK_TARGET
+            };
             let full = w.len() >= target;
             st.pending.insert(
                 id,
@@ -263,25 +297,36 @@ impl Repository for Store {
     fn get_blob(&self, id: BlobId, kind: BlobKind) -> Result<Vec<u8>, StoreError> {
         let pending = lock(&self.state).pending.get(&id).cloned();
         let encoded = match pending {
-            Some(Pending::Open { slot, offset, length }) => {
+            Some(Pending::Open {
+                slot,
+                offset,
+                length,
+            }) => {
                 let mut st = lock(&self.state);
                 st.writer(slot).slice(offset, length).to_vec()
             }
-            Some(Pending::Sealed { pack, offset, length }) => {
-                pack[offset as usize..offset as usize + length as usize].to_vec()
-            }
+            Some(Pending::Sealed {
+                pack,
+                offset,
+                length,
+            }) => pack[offset as usize..offset as usize + length as usize].to_vec(),
             None => {
-                let loc = lock(&self.index).locate(&id)?.ok_or(StoreError::Missing(id))?;
-                self.backend.read_at(&loc.pack, loc.offset, loc.length as usize)?
+                let loc = lock(&self.index)
+                    .locate(&id)?
+                    .ok_or(StoreError::Missing(id))?;
+                self.backend
+                    .read_at(&loc.pack, loc.offset, loc.length as usize)?
             }
         };
-        blob::decode_verified(&encoded, id, kind).map_err(|source| StoreError::Corrupt { id, source })
+        blob::decode_verified(&encoded, id, kind)
+            .map_err(|source| StoreError::Corrupt { id, source })
     }
 
     fn commit_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId, StoreError> {
         let encoded = snapshot.encode();
         let id = SnapshotId::of(&encoded);
-        let blob = homesync_protocol::BlobEncoder::new(self.config.zstd_level).encode(BlobKind::Snapshot, &encoded);
+        let blob = homesync_protocol::BlobEncoder::new(self.config.zstd_level)
+            .encode(BlobKind::Snapshot, &encoded);
         self.put_blob(id.into(), BlobKind::Snapshot, blob)?;
         self.flush()?;
         lock(&self.index).add_snapshot(&id, snapshot, &encoded)?;
@@ -301,7 +346,11 @@ mod tests {
     fn chunk(store: &Store, data: &[u8]) -> ChunkId {
         let id = ChunkId::of(data);
         store
-            .put_blob(id.into(), BlobKind::Chunk, BlobEncoder::new(3).encode(BlobKind::Chunk, data))
+            .put_blob(
+                id.into(),
+                BlobKind::Chunk,
+                BlobEncoder::new(3).encode(BlobKind::Chunk, data),
+            )
             .unwrap();
         id
     }
@@ -311,7 +360,10 @@ mod tests {
         n.size = 5;
         n.chunks = chunks;
         let t = Tree::new(vec![n]);
-        (t.id(), BlobEncoder::new(3).encode(BlobKind::Tree, &t.encode()))
+        (
+            t.id(),
+            BlobEncoder::new(3).encode(BlobKind::Tree, &t.encode()),
+        )
     }
 
     fn snapshot(root: TreeId) -> Snapshot {
@@ -319,7 +371,11 @@ mod tests {
             time: Timestamp { sec: 1, nsec: 0 },
             machine: "m".into(),
             source: b"/home".to_vec(),
-            root,
+            root: {
+                let mut n = Node::new(b"home".to_vec(), NodeKind::Dir);
+                n.subtree = Some(root);
+                n
+            },
             parent: None,
             tags: vec![],
             stats: Default::default(),
@@ -330,14 +386,27 @@ mod tests {
     fn blobs_survive_reopen_and_are_packed_together() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::init(dir.path(), ChunkerParams::default(), 3).unwrap();
-        let ids: Vec<ChunkId> = (0..1000u32).map(|i| chunk(&store, format!("file {i}").as_bytes())).collect();
-        assert!(!store.put_blob(ids[0].into(), BlobKind::Chunk, BlobEncoder::new(3).encode(BlobKind::Chunk, b"file 0")).unwrap());
+        let ids: Vec<ChunkId> = (0..1000u32)
+            .map(|i| chunk(&store, format!("file {i}").as_bytes()))
+            .collect();
+        assert!(
+            !store
+                .put_blob(
+                    ids[0].into(),
+                    BlobKind::Chunk,
+                    BlobEncoder::new(3).encode(BlobKind::Chunk, b"file 0")
+                )
+                .unwrap()
+        );
         let (tid, tblob) = tree_with(ids.clone());
         store.put_blob(tid.into(), BlobKind::Tree, tblob).unwrap();
         let sid = store.commit_snapshot(&snapshot(tid)).unwrap();
         drop(store);
         let store = Store::open(dir.path(), OpenOptions::default()).unwrap();
-        assert_eq!(store.get_blob(ids[7].into(), BlobKind::Chunk).unwrap(), b"file 7");
+        assert_eq!(
+            store.get_blob(ids[7].into(), BlobKind::Chunk).unwrap(),
+            b"file 7"
+        );
         assert_eq!(store.snapshots().unwrap()[0].0, sid);
         // 1000 blobs, one data pack and one tree pack.
         assert_eq!(store.backend.list().unwrap().len(), 2);
@@ -348,7 +417,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::init(dir.path(), ChunkerParams::default(), 3).unwrap();
         let (tid, tblob) = tree_with(vec![ChunkId([9; 32])]);
-        let err = store.put_blob(tid.into(), BlobKind::Tree, tblob).unwrap_err();
+        let err = store
+            .put_blob(tid.into(), BlobKind::Tree, tblob)
+            .unwrap_err();
         assert!(err.to_string().contains("lacks"), "{err}");
         let err = store.commit_snapshot(&snapshot(tid)).unwrap_err();
         assert!(err.to_string().contains("not in the store"), "{err}");
@@ -360,7 +431,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::init(dir.path(), ChunkerParams::default(), 3).unwrap();
         let blob = BlobEncoder::new(3).encode(BlobKind::Chunk, b"real bytes");
-        let err = store.put_blob(BlobId::of(b"other bytes"), BlobKind::Chunk, blob).unwrap_err();
+        let err = store
+            .put_blob(BlobId::of(b"other bytes"), BlobKind::Chunk, blob)
+            .unwrap_err();
         assert!(err.is_corruption(), "{err}");
         assert!(!store.has_blobs(&[BlobId::of(b"other bytes")]).unwrap()[0]);
     }
@@ -373,7 +446,11 @@ mod tests {
         let id = chunk(&store, &data);
         store.flush().unwrap();
         let loc = lock(&store.index).locate(&id.into()).unwrap().unwrap();
-        let path = dir.path().join("packs").join(&loc.pack[..2]).join(&loc.pack);
+        let path = dir
+            .path()
+            .join("packs")
+            .join(&loc.pack[..2])
+            .join(&loc.pack);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[loc.offset as usize + loc.length as usize - 1] ^= 1;
         std::fs::write(&path, bytes).unwrap();

@@ -1,0 +1,486 @@
+//! The backup pipeline: scan -> file-state cache -> read, chunk, hash (on
+//! all cores) -> store only missing blobs -> trees bottom-up -> commit.
+
+use crate::error::{ClientError, EntryError};
+use crate::exclude::Excludes;
+use crate::filecache::{Cached, FileCache};
+use crate::meta;
+use crate::owners::Owners;
+use crate::progress::Progress;
+use crate::scan::{self, FileJob, Link, Scan};
+use homesync_protocol::{
+    BlobEncoder, BlobKind, ChunkId, ChunkerParams, Node, Repository, Snapshot, SnapshotId,
+    SnapshotStats, StoreError, Timestamp, Tree, TreeId,
+};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+pub struct BackupOptions {
+    pub source: PathBuf,
+    pub excludes: Vec<String>,
+    pub default_excludes: bool,
+    pub one_file_system: bool,
+    pub machine: String,
+    pub tags: Vec<String>,
+    /// Directory for file-state caches (one per store); `None` disables it.
+    pub cache_dir: Option<PathBuf>,
+    /// Absolute paths left out whatever the patterns say (the store itself).
+    pub skip: Vec<PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct BackupReport {
+    pub id: SnapshotId,
+    pub snapshot: Snapshot,
+    /// Entries left out or possibly inconsistent: the snapshot is partial.
+    pub errors: Vec<EntryError>,
+}
+
+/// Reading buffer per worker: a multiple of the largest chunk, so each
+/// refill cuts several chunks and moves at most one chunk's bytes.
+const READ_BUFFER: usize = 16 << 20;
+/// A file that keeps changing is read at most this many times.
+const READ_ATTEMPTS: usize = 3;
+
+thread_local! {
+    static ENCODER: RefCell<Option<BlobEncoder>> = const { RefCell::new(None) };
+    static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Contents of one file as stored.
+#[derive(Debug, Clone)]
+struct FileContent {
+    size: u64,
+    mtime: Timestamp,
+    chunks: Vec<ChunkId>,
+    extents: Vec<(u64, u64)>,
+    /// Stable while read (size, mtime and ctime unchanged); only stable
+    /// files enter the file-state cache.
+    ctime: Timestamp,
+}
+
+enum Failure {
+    /// This file is skipped; the backup goes on.
+    Entry(String),
+    /// The store failed: the backup stops.
+    Store(StoreError),
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Entry(e.to_string())
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    files_read: AtomicU64,
+    bytes_read: AtomicU64,
+    blobs_added: AtomicU64,
+    bytes_added: AtomicU64,
+}
+
+struct Pipeline<'a> {
+    repo: &'a dyn Repository,
+    chunker: ChunkerParams,
+    level: i32,
+    counters: Counters,
+    progress: &'a Progress,
+}
+
+fn now() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos(),
+    }
+}
+
+fn stamp(sec: i64, nsec: i64) -> Timestamp {
+    Timestamp {
+        sec,
+        nsec: nsec as u32,
+    }
+}
+
+/// Opens for reading without following a symlink and, where permitted,
+/// without updating the access time.
+fn open_for_reading(path: &Path) -> std::io::Result<File> {
+    let base = libc_flags::O_NOFOLLOW;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(base | libc_flags::O_NOATIME)
+        .open(path)
+        .or_else(|e| {
+            // O_NOATIME needs ownership (or CAP_FOWNER): retry without it.
+            if e.raw_os_error() == Some(libc_flags::EPERM) {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(base)
+                    .open(path)
+            } else {
+                Err(e)
+            }
+        })
+}
+
+/// The few libc constants needed, from rustix (no libc dependency).
+mod libc_flags {
+    pub const O_NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+    pub const O_NOATIME: i32 = rustix::fs::OFlags::NOATIME.bits() as i32;
+    pub const EPERM: i32 = rustix::io::Errno::PERM.raw_os_error();
+}
+
+impl Pipeline<'_> {
+    /// Stores one chunk if the store lacks it; returns its id.
+    fn store_chunk(&self, data: &[u8]) -> Result<ChunkId, StoreError> {
+        let id = ChunkId::of(data);
+        if !self.repo.has_blobs(&[id.into()])?[0] {
+            let blob = ENCODER.with(|e| {
+                e.borrow_mut()
+                    .get_or_insert_with(|| BlobEncoder::new(self.level))
+                    .encode(BlobKind::Chunk, data)
+            });
+            let len = blob.len() as u64;
+            if self.repo.put_blob(id.into(), BlobKind::Chunk, blob)? {
+                self.counters.blobs_added.fetch_add(1, Relaxed);
+                self.counters.bytes_added.fetch_add(len, Relaxed);
+            }
+        }
+        Ok(id)
+    }
+
+    /// Reads `regions` of `file` (all of it when `None`) through the chunker,
+    /// storing each chunk. Returns the chunk ids and the bytes read.
+    fn chunk_file(
+        &self,
+        file: &File,
+        regions: Option<&[(u64, u64)]>,
+    ) -> Result<(Vec<ChunkId>, u64), Failure> {
+        BUFFER.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < READ_BUFFER {
+                buf.resize(READ_BUFFER, 0);
+            }
+            let mut chunks = Vec::new();
+            let mut filled = 0usize;
+            let mut total = 0u64;
+            let whole = [(0u64, u64::MAX)];
+            let regions = regions.unwrap_or(&whole);
+            for (ri, &(offset, len)) in regions.iter().enumerate() {
+                let mut pos = 0u64;
+                while pos < len {
+                    let want = ((len - pos).min((buf.len() - filled) as u64)) as usize;
+                    let n = file.read_at(&mut buf[filled..filled + want], offset + pos)?;
+                    if n == 0 {
+                        if len != u64::MAX {
+                            return Err(Failure::Entry("file shrank while being read".into()));
+                        }
+                        break;
+                    }
+                    filled += n;
+                    pos += n as u64;
+                    total += n as u64;
+                    self.progress.bytes_done.fetch_add(n as u64, Relaxed);
+                    if filled == buf.len() {
+                        let cuts = self.chunker.cut(&buf[..filled], false);
+                        let end = cuts.last().map_or(0, |r| r.end);
+                        for r in cuts {
+                            chunks.push(self.store_chunk(&buf[r])?);
+                        }
+                        buf.copy_within(end..filled, 0);
+                        filled -= end;
+                    }
+                }
+                let last = ri + 1 == regions.len();
+                if last {
+                    for r in self.chunker.cut(&buf[..filled], true) {
+                        chunks.push(self.store_chunk(&buf[r])?);
+                    }
+                }
+            }
+            Ok((chunks, total))
+        })
+    }
+
+    fn read_file(&self, job: &FileJob) -> Result<(FileContent, bool), Failure> {
+        let file = open_for_reading(&job.path)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let before = file.metadata()?;
+            if !before.is_file() {
+                return Err(Failure::Entry("no longer a regular file".into()));
+            }
+            let regions = if meta::maybe_sparse(&before) {
+                meta::data_extents(&file, before.size())?
+            } else {
+                None
+            };
+            let (chunks, read) = self.chunk_file(&file, regions.as_deref())?;
+            self.counters.files_read.fetch_add(1, Relaxed);
+            self.counters.bytes_read.fetch_add(read, Relaxed);
+            let after = file.metadata()?;
+            let stable = before.size() == after.size()
+                && before.mtime() == after.mtime()
+                && before.mtime_nsec() == after.mtime_nsec()
+                && before.ctime() == after.ctime()
+                && before.ctime_nsec() == after.ctime_nsec()
+                && (regions.is_some() || read == after.size());
+            if stable || attempt == READ_ATTEMPTS {
+                let content = FileContent {
+                    size: if regions.is_some() {
+                        after.size()
+                    } else {
+                        read
+                    },
+                    mtime: stamp(after.mtime(), after.mtime_nsec()),
+                    ctime: stamp(after.ctime(), after.ctime_nsec()),
+                    chunks,
+                    extents: regions.unwrap_or_default(),
+                };
+                return Ok((content, stable));
+            }
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The machine name used when none is given.
+pub fn default_machine() -> String {
+    hostname()
+}
+
+/// Where the file-state cache of `repo` lives under `cache_dir`.
+pub fn cache_path(cache_dir: &Path, repo: &dyn Repository) -> PathBuf {
+    cache_dir.join(&repo.config().id).join("files.sqlite")
+}
+
+/// Backs up `opts.source` into `repo` and commits one snapshot.
+pub fn backup(
+    repo: &dyn Repository,
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Result<BackupReport, ClientError> {
+    let start = now();
+    let source = std::fs::canonicalize(&opts.source).map_err(|source| ClientError::Io {
+        path: opts.source.clone(),
+        source,
+    })?;
+    let excludes = Excludes::new(&source, &opts.excludes, opts.default_excludes)?;
+    let owners = Owners::load();
+    let skip: Vec<PathBuf> = opts
+        .skip
+        .iter()
+        .chain(opts.cache_dir.iter())
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let scan_opts = scan::ScanOptions {
+        excludes: &excludes,
+        skip: &skip,
+        one_file_system: opts.one_file_system,
+        owners: &owners,
+    };
+    let scan = scan::scan(&source, &scan_opts, progress)
+        .map_err(|e| ClientError::Usage(format!("{}: {}", e.path.display(), e.error)))?;
+    let mut cache = match &opts.cache_dir {
+        Some(dir) => Some(FileCache::open(&cache_path(dir, repo))?),
+        None => None,
+    };
+
+    let pipeline = Pipeline {
+        repo,
+        chunker: repo.config().chunker,
+        level: repo.config().zstd_level,
+        counters: Counters::default(),
+        progress,
+    };
+    let errors = Mutex::new(scan.errors.clone());
+    let abort = AtomicBool::new(false);
+    let fatal: Mutex<Option<StoreError>> = Mutex::new(None);
+    let known = cache.as_ref().map(|c| &c.known);
+    let results: Vec<Option<(FileContent, bool)>> = scan
+        .files
+        .par_iter()
+        .map(|job| {
+            if abort.load(Relaxed) {
+                return None;
+            }
+            if let Some(c) = known.and_then(|k| k.lookup(job.dev, job.ino, job.size, job.mtime, job.ctime))
+            {
+                progress.add_done(1, job.size);
+                return Some((
+                    FileContent {
+                        size: c.size,
+                        mtime: c.mtime,
+                        ctime: c.ctime,
+                        chunks: c.chunks.clone(),
+                        extents: c.extents.clone(),
+                    },
+                    true,
+                ));
+            }
+            let r = pipeline.read_file(job);
+            progress.files_done.fetch_add(1, Relaxed);
+            match r {
+                Ok((content, stable)) => {
+                    if !stable {
+                        errors.lock().expect("errors").push(EntryError::new(
+                            &job.path,
+                            format!("changed while being read ({READ_ATTEMPTS} attempts); the stored copy may be inconsistent"),
+                        ));
+                    }
+                    Some((content, stable))
+                }
+                Err(Failure::Entry(e)) => {
+                    progress.errors.fetch_add(1, Relaxed);
+                    errors.lock().expect("errors").push(EntryError::new(&job.path, e));
+                    None
+                }
+                Err(Failure::Store(e)) => {
+                    abort.store(true, Relaxed);
+                    fatal.lock().expect("fatal").get_or_insert(e);
+                    None
+                }
+            }
+        })
+        .collect();
+    if let Some(e) = fatal.into_inner().expect("fatal") {
+        return Err(e.into());
+    }
+
+    let mut stats = SnapshotStats::default();
+    let root = build_trees(&pipeline, &scan, &results, &mut stats)?;
+    let mut root_node = scan.dirs[0].node.clone();
+    root_node.subtree = Some(root);
+    let parent = repo
+        .snapshots()?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.machine == opts.machine && s.source == source.as_os_str().as_bytes())
+        .map(|(id, _)| id);
+    let errors = errors.into_inner().expect("errors");
+    let c = &pipeline.counters;
+    stats.files_read = c.files_read.load(Relaxed);
+    stats.bytes_read = c.bytes_read.load(Relaxed);
+    stats.blobs_added = c.blobs_added.load(Relaxed);
+    stats.bytes_added = c.bytes_added.load(Relaxed);
+    stats.errors = errors.len() as u64;
+    let snapshot = Snapshot {
+        time: start,
+        machine: opts.machine.clone(),
+        source: source.as_os_str().as_bytes().to_vec(),
+        root: root_node,
+        parent,
+        tags: opts.tags.clone(),
+        stats,
+    };
+    let id = repo.commit_snapshot(&snapshot)?;
+
+    if let Some(cache) = &mut cache {
+        // Only files that were stable while read, and whose ctime is safely
+        // before the backup started (a change within the same timestamp
+        // tick would otherwise go unnoticed next time), enter the cache.
+        let racy = start.sec - 2;
+        let entries: Vec<((u64, u64), Cached)> = scan
+            .files
+            .iter()
+            .zip(&results)
+            .filter_map(|(job, r)| {
+                let (c, stable) = r.as_ref()?;
+                (*stable && c.ctime.sec < racy && c.mtime.sec < racy).then(|| {
+                    (
+                        (job.dev, job.ino),
+                        Cached {
+                            size: c.size,
+                            mtime: c.mtime,
+                            ctime: c.ctime,
+                            chunks: c.chunks.clone(),
+                            extents: c.extents.clone(),
+                        },
+                    )
+                })
+            })
+            .collect();
+        if let Err(e) = cache.record(&entries) {
+            tracing::warn!("could not update the file-state cache: {e}");
+        }
+    }
+    Ok(BackupReport {
+        id,
+        snapshot,
+        errors,
+    })
+}
+
+/// Builds and stores every directory's tree, children first; returns the
+/// root tree's id. A tree the store already has is not sent again.
+fn build_trees(
+    p: &Pipeline,
+    scan: &Scan,
+    results: &[Option<(FileContent, bool)>],
+    stats: &mut SnapshotStats,
+) -> Result<TreeId, ClientError> {
+    let mut ids: Vec<Option<TreeId>> = vec![None; scan.dirs.len()];
+    let mut encoder = BlobEncoder::new(p.level);
+    for d in (0..scan.dirs.len()).rev() {
+        let mut nodes = Vec::with_capacity(scan.dirs[d].entries.len());
+        for e in &scan.dirs[d].entries {
+            let mut n: Node = e.node.clone();
+            match e.link {
+                Link::Dir(i) => {
+                    n.subtree = Some(ids[i].expect("children are built before parents"));
+                    stats.dirs += 1;
+                }
+                Link::File(i) | Link::HardlinkOf(i) => {
+                    let Some((c, _)) = &results[i] else { continue };
+                    n.size = c.size;
+                    if matches!(e.link, Link::File(_)) {
+                        n.mtime = c.mtime;
+                    }
+                    n.chunks = c.chunks.clone();
+                    n.extents = c.extents.clone();
+                    stats.files += 1;
+                    stats.bytes += c.size;
+                }
+                Link::None => stats.other += 1,
+            }
+            nodes.push(n);
+        }
+        let tree = Tree::new(nodes);
+        let bytes = tree.encode();
+        let id = TreeId::of(&bytes);
+        if !p.repo.has_blobs(&[id.into()])?[0] {
+            let blob = encoder.encode(BlobKind::Tree, &bytes);
+            let len = blob.len() as u64;
+            if p.repo.put_blob(id.into(), BlobKind::Tree, blob)? {
+                p.counters.blobs_added.fetch_add(1, Relaxed);
+                p.counters.bytes_added.fetch_add(len, Relaxed);
+            }
+        }
+        ids[d] = Some(id);
+    }
+    Ok(ids[0].expect("root tree"))
+}

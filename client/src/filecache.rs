@@ -1,0 +1,258 @@
+//! The file-state cache: what the client knows about files it backed up
+//! before, keyed by (device, inode) so a renamed file or directory is still
+//! recognised. A file whose size, mtime and ctime are unchanged reuses its
+//! chunk list and is not read at all.
+//!
+//! The cache lives per store (`<cache dir>/<store id>/files.sqlite`), is only
+//! updated after a snapshot is committed, and is disposable: if it is
+//! damaged it is recreated and the next backup simply reads more.
+
+use homesync_protocol::{ChunkId, Timestamp};
+use rusqlite::{Connection, params};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// What was stored for one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cached {
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub chunks: Vec<ChunkId>,
+    pub extents: Vec<(u64, u64)>,
+}
+
+/// The cache's entries in memory: a plain map, so the parallel backup
+/// workers can share it while the database connection stays on one thread.
+#[derive(Debug, Default)]
+pub struct Known(HashMap<(u64, u64), Cached>);
+
+impl Known {
+    /// The cached contents of a file, if size, mtime and ctime all match.
+    pub fn lookup(
+        &self,
+        dev: u64,
+        ino: u64,
+        size: u64,
+        mtime: Timestamp,
+        ctime: Timestamp,
+    ) -> Option<&Cached> {
+        self.0
+            .get(&(dev, ino))
+            .filter(|c| c.size == size && c.mtime == mtime && c.ctime == ctime)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+pub struct FileCache {
+    path: PathBuf,
+    conn: Connection,
+    pub known: Known,
+    run: i64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS files(
+    dev INTEGER NOT NULL, ino INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_s INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    ctime_s INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+    chunks BLOB NOT NULL, extents BLOB NOT NULL,
+    run INTEGER NOT NULL,
+    PRIMARY KEY(dev, ino)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+PRAGMA user_version = 1;
+";
+
+/// Entries not seen for this many runs are dropped.
+const KEEP_RUNS: i64 = 5;
+
+fn err(path: &Path) -> impl Fn(rusqlite::Error) -> crate::ClientError + '_ {
+    move |e| crate::ClientError::Cache {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    }
+}
+
+impl FileCache {
+    /// Opens the cache at `path`, recreating it if it is unreadable.
+    pub fn open(path: &Path) -> Result<FileCache, crate::ClientError> {
+        match Self::try_open(path) {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                tracing::warn!(
+                    "file-state cache {} is unusable ({e}); starting a new one",
+                    path.display()
+                );
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                Self::try_open(path)
+            }
+        }
+    }
+
+    fn try_open(path: &Path) -> Result<FileCache, crate::ClientError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| crate::ClientError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let e = err(path);
+        let conn = Connection::open(path).map_err(&e)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(&e)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(&e)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(&e)?;
+        conn.execute_batch(SCHEMA).map_err(&e)?;
+        let run: i64 = conn
+            .query_row(
+                "SELECT COALESCE((SELECT value FROM meta WHERE key = 'run'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(&e)?;
+        let mut entries = HashMap::new();
+        {
+            let mut st = conn
+                .prepare("SELECT dev, ino, size, mtime_s, mtime_ns, ctime_s, ctime_ns, chunks, extents FROM files")
+                .map_err(&e)?;
+            let rows = st
+                .query_map([], |r| {
+                    let chunks: Vec<u8> = r.get(7)?;
+                    let extents: Vec<u8> = r.get(8)?;
+                    Ok((
+                        (r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64),
+                        Cached {
+                            size: r.get::<_, i64>(2)? as u64,
+                            mtime: Timestamp {
+                                sec: r.get(3)?,
+                                nsec: r.get(4)?,
+                            },
+                            ctime: Timestamp {
+                                sec: r.get(5)?,
+                                nsec: r.get(6)?,
+                            },
+                            chunks: chunks
+                                .chunks_exact(32)
+                                .map(|c| ChunkId(c.try_into().expect("32 bytes")))
+                                .collect(),
+                            extents: extents
+                                .chunks_exact(16)
+                                .map(|c| {
+                                    (
+                                        u64::from_le_bytes(c[..8].try_into().expect("8")),
+                                        u64::from_le_bytes(c[8..].try_into().expect("8")),
+                                    )
+                                })
+                                .collect(),
+                        },
+                    ))
+                })
+                .map_err(&e)?;
+            for row in rows {
+                let (k, v) = row.map_err(&e)?;
+                entries.insert(k, v);
+            }
+        }
+        Ok(FileCache {
+            path: path.to_path_buf(),
+            conn,
+            known: Known(entries),
+            run: run + 1,
+        })
+    }
+
+    /// Records the files of a committed snapshot and forgets files not seen
+    /// for a while. One transaction.
+    pub fn record(&mut self, files: &[((u64, u64), Cached)]) -> Result<(), crate::ClientError> {
+        let e = err(&self.path);
+        let tx = self.conn.transaction().map_err(&e)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO files(dev, ino, size, mtime_s, mtime_ns, ctime_s, ctime_ns, chunks, extents, run)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .map_err(&e)?;
+            for ((dev, ino), c) in files {
+                let chunks: Vec<u8> = c.chunks.iter().flat_map(|id| id.0).collect();
+                let extents: Vec<u8> = c
+                    .extents
+                    .iter()
+                    .flat_map(|(o, l)| o.to_le_bytes().into_iter().chain(l.to_le_bytes()))
+                    .collect();
+                st.execute(params![
+                    *dev as i64,
+                    *ino as i64,
+                    c.size as i64,
+                    c.mtime.sec,
+                    c.mtime.nsec,
+                    c.ctime.sec,
+                    c.ctime.nsec,
+                    chunks,
+                    extents,
+                    self.run
+                ])
+                .map_err(&e)?;
+            }
+        }
+        tx.execute("DELETE FROM files WHERE run < ?1", [self.run - KEEP_RUNS])
+            .map_err(&e)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('run', ?1)",
+            [self.run],
+        )
+        .map_err(&e)?;
+        tx.commit().map_err(&e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_reopen_and_mismatches_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s/files.sqlite");
+        let t = |s| Timestamp { sec: s, nsec: 7 };
+        let c = Cached {
+            size: 10,
+            mtime: t(1),
+            ctime: t(2),
+            chunks: vec![ChunkId([3; 32])],
+            extents: vec![(0, 4), (8, 2)],
+        };
+        let mut cache = FileCache::open(&p).unwrap();
+        cache.record(&[((1, 2), c.clone())]).unwrap();
+        drop(cache);
+        let cache = FileCache::open(&p).unwrap();
+        assert_eq!(cache.known.lookup(1, 2, 10, t(1), t(2)), Some(&c));
+        assert_eq!(cache.known.lookup(1, 2, 10, t(1), t(3)), None);
+        assert_eq!(cache.known.lookup(1, 2, 11, t(1), t(2)), None);
+        assert_eq!(cache.known.lookup(1, 3, 10, t(1), t(2)), None);
+    }
+
+    #[test]
+    fn a_damaged_cache_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("files.sqlite");
+        std::fs::write(
+            &p,
+            b"this is not a database, just junk bytes that fill a page",
+        )
+        .unwrap();
+        assert!(FileCache::open(&p).unwrap().known.is_empty());
+    }
+}

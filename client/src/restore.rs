@@ -1,0 +1,552 @@
+//! Restore: snapshot -> plan (tree walk) -> directories -> file contents in
+//! parallel (temporary name, then rename) -> links and special files ->
+//! directory metadata last, deepest first.
+//!
+//! Safety: nothing read from the store is trusted. Names were validated
+//! when trees were decoded; every directory is opened with `openat2` and
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, and every final component is
+//! created or changed with `*at` calls that do not follow symlinks, so a
+//! symlink inside the target (planted or restored) is never followed.
+
+use crate::browse::{self, join, split_path};
+use crate::error::{ClientError, EntryError};
+use crate::owners::Owners;
+use crate::progress::Progress;
+use homesync_protocol::{BlobKind, ChunkId, Node, NodeKind, Repository, Snapshot, StoreError};
+use rayon::prelude::*;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
+use rustix::process::{Gid, Uid};
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+pub struct RestoreOptions {
+    pub target: PathBuf,
+    /// Only these paths (relative to the snapshot root) and what is below
+    /// them; empty means everything.
+    pub paths: Vec<Vec<u8>>,
+    /// Keep recorded uids/gids instead of mapping owner names to local ids.
+    pub numeric_ids: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    pub files: u64,
+    pub bytes: u64,
+    pub errors: Vec<EntryError>,
+    pub warnings: Vec<String>,
+}
+
+struct Item {
+    rel: Vec<u8>,
+    node: Node,
+}
+
+struct Restorer<'a> {
+    repo: &'a dyn Repository,
+    root: OwnedFd,
+    target: PathBuf,
+    owners: Option<Owners>,
+    numeric_ids: bool,
+    progress: &'a Progress,
+    errors: Mutex<Vec<EntryError>>,
+    files: AtomicU64,
+    bytes: AtomicU64,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn tmp_name() -> String {
+    format!(
+        ".homesync-{}-{}.tmp",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Relaxed)
+    )
+}
+
+fn split_parent(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (b"", rel),
+    }
+}
+
+fn os(b: &[u8]) -> &OsStr {
+    OsStr::from_bytes(b)
+}
+
+fn times(node: &Node) -> Timestamps {
+    let t = Timespec {
+        tv_sec: node.mtime.sec,
+        tv_nsec: node.mtime.nsec as _,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// Why one entry failed; `corrupt` marks damage in the store.
+struct Fail {
+    msg: String,
+    corrupt: bool,
+}
+
+impl From<std::io::Error> for Fail {
+    fn from(e: std::io::Error) -> Self {
+        Fail {
+            msg: e.to_string(),
+            corrupt: false,
+        }
+    }
+}
+
+impl From<rustix::io::Errno> for Fail {
+    fn from(e: rustix::io::Errno) -> Self {
+        std::io::Error::from(e).into()
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Fail {
+            corrupt: e.is_corruption(),
+            msg: e.to_string(),
+        }
+    }
+}
+
+/// Whether `path` is one of `filters`, below one, or above one.
+fn wanted(path: &[u8], filters: &[Vec<Vec<u8>>]) -> (bool, bool) {
+    if filters.is_empty() {
+        return (true, false);
+    }
+    let comps: Vec<&[u8]> = if path.is_empty() {
+        vec![]
+    } else {
+        path.split(|&b| b == b'/').collect()
+    };
+    let inside = filters
+        .iter()
+        .any(|f| f.len() <= comps.len() && f.iter().zip(&comps).all(|(a, b)| a == b));
+    let above = filters
+        .iter()
+        .any(|f| f.len() > comps.len() && comps.iter().zip(f).all(|(a, b)| *a == b.as_slice()));
+    (inside, above)
+}
+
+impl Restorer<'_> {
+    fn fail(&self, rel: &[u8], f: Fail) {
+        self.progress.errors.fetch_add(1, Relaxed);
+        self.errors.lock().expect("errors").push(EntryError {
+            path: self.target.join(os(rel)),
+            error: f.msg,
+            corruption: f.corrupt,
+        });
+    }
+
+    /// Opens directory `rel` of the target without following any symlink.
+    fn open_dir(&self, rel: &[u8]) -> Result<OwnedFd, Fail> {
+        let path = if rel.is_empty() { &b"."[..] } else { rel };
+        Ok(rustix::fs::openat2(
+            &self.root,
+            os(path),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+        )?)
+    }
+
+    fn owner(&self, node: &Node) -> Option<(Uid, Gid)> {
+        let o = self.owners.as_ref()?;
+        let (uid, gid) = if self.numeric_ids {
+            (node.uid, node.gid)
+        } else {
+            (
+                o.map_uid(node.user.as_deref(), node.uid),
+                o.map_gid(node.group.as_deref(), node.gid),
+            )
+        };
+        Some((Uid::from_raw(uid), Gid::from_raw(gid)))
+    }
+
+    /// Owner, xattrs, mode, times: in that order, because chown clears
+    /// setuid bits and an ACL xattr rewrites group mode bits.
+    fn apply_meta_fd<F: AsFd>(&self, fd: F, node: &Node) -> Result<(), Fail> {
+        if let Some((u, g)) = self.owner(node) {
+            rustix::fs::fchown(&fd, Some(u), Some(g))?;
+        }
+        for (k, v) in &node.xattrs {
+            rustix::fs::fsetxattr(&fd, os(k), v, XattrFlags::empty()).map_err(|e| {
+                Fail::from(std::io::Error::other(format!(
+                    "setting xattr {}: {e}",
+                    String::from_utf8_lossy(k)
+                )))
+            })?;
+        }
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(node.mode))?;
+        rustix::fs::futimens(&fd, &times(node))?;
+        Ok(())
+    }
+
+    /// The same for an entry that cannot be opened (symlink, fifo, device,
+    /// socket), addressed as `name` in `dir` without following it.
+    fn apply_meta_at(&self, dir: &OwnedFd, name: &[u8], node: &Node) -> Result<(), Fail> {
+        if let Some((u, g)) = self.owner(node) {
+            rustix::fs::chownat(dir, os(name), Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        if !node.xattrs.is_empty() {
+            // l*xattr on /proc/self/fd/N/name: the directory is pinned by fd
+            // and the final component is not followed.
+            let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+            p.extend_from_slice(name);
+            for (k, v) in &node.xattrs {
+                rustix::fs::lsetxattr(os(&p), os(k), v, XattrFlags::empty())?;
+            }
+        }
+        if node.kind != NodeKind::Symlink {
+            rustix::fs::chmodat(
+                dir,
+                os(name),
+                Mode::from_raw_mode(node.mode),
+                AtFlags::empty(),
+            )?;
+        }
+        rustix::fs::utimensat(dir, os(name), &times(node), AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(())
+    }
+
+    fn make_dir(&self, rel: &[u8]) -> Result<(), Fail> {
+        let (parent, name) = split_parent(rel);
+        let dir = self.open_dir(parent)?;
+        match rustix::fs::mkdirat(&dir, os(name), Mode::from_raw_mode(0o700)) {
+            Err(rustix::io::Errno::EXIST) => {
+                let st = rustix::fs::statat(&dir, os(name), AtFlags::SYMLINK_NOFOLLOW)?;
+                if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                    // A symlink or file where the snapshot has a directory:
+                    // replace it, never follow it.
+                    rustix::fs::unlinkat(&dir, os(name), AtFlags::empty())?;
+                    rustix::fs::mkdirat(&dir, os(name), Mode::from_raw_mode(0o700))?;
+                }
+                Ok(())
+            }
+            r => Ok(r?),
+        }
+    }
+
+    fn fetch(&self, id: ChunkId) -> Result<Vec<u8>, Fail> {
+        let data = self.repo.get_blob(id.into(), BlobKind::Chunk)?;
+        if ChunkId::of(&data) != id {
+            return Err(Fail {
+                msg: format!("chunk {id} does not hash to its id"),
+                corrupt: true,
+            });
+        }
+        Ok(data)
+    }
+
+    fn write_contents(&self, file: &File, node: &Node) -> Result<u64, Fail> {
+        let mut written = 0u64;
+        if node.extents.is_empty() {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+            for &c in &node.chunks {
+                let data = self.fetch(c)?;
+                w.write_all(&data)?;
+                written += data.len() as u64;
+                self.progress
+                    .bytes_done
+                    .fetch_add(data.len() as u64, Relaxed);
+            }
+            w.flush()?;
+        } else {
+            // Holes stay holes: size first, then each data region in place.
+            file.set_len(node.size)?;
+            let mut extents = node.extents.iter().copied();
+            let mut cur = extents.next();
+            let mut used = 0u64;
+            for &c in &node.chunks {
+                let data = self.fetch(c)?;
+                let mut rest = &data[..];
+                while !rest.is_empty() {
+                    let Some((off, len)) = cur else {
+                        return Err(Fail {
+                            msg: "more data than the file's extents hold".into(),
+                            corrupt: true,
+                        });
+                    };
+                    let n = ((len - used) as usize).min(rest.len());
+                    file.write_all_at(&rest[..n], off + used)?;
+                    rest = &rest[n..];
+                    used += n as u64;
+                    written += n as u64;
+                    if used == len {
+                        cur = extents.next();
+                        used = 0;
+                    }
+                }
+                self.progress
+                    .bytes_done
+                    .fetch_add(data.len() as u64, Relaxed);
+            }
+        }
+        if written != node.data_len() {
+            return Err(Fail {
+                msg: format!(
+                    "restored {written} bytes, the snapshot records {}",
+                    node.data_len()
+                ),
+                corrupt: true,
+            });
+        }
+        Ok(written)
+    }
+
+    /// Writes a file under a temporary name, sets its metadata, renames it.
+    fn restore_file(&self, rel: &[u8], node: &Node) -> Result<(), Fail> {
+        let (parent, name) = split_parent(rel);
+        let dir = self.open_dir(parent)?;
+        let tmp = tmp_name();
+        let fd = rustix::fs::openat(
+            &dir,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let file = File::from(fd);
+        let result = self.write_contents(&file, node).and_then(|n| {
+            self.apply_meta_fd(&file, node)?;
+            rustix::fs::renameat(&dir, tmp.as_str(), &dir, os(name))?;
+            Ok(n)
+        });
+        match result {
+            Ok(n) => {
+                self.files.fetch_add(1, Relaxed);
+                self.bytes.fetch_add(n, Relaxed);
+                self.progress.files_done.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
+                Err(e)
+            }
+        }
+    }
+
+    /// Creates a symlink, fifo, socket, device or hardlink, replacing a
+    /// non-directory already at its place.
+    fn restore_special(&self, rel: &[u8], node: &Node) -> Result<(), Fail> {
+        let (parent, name) = split_parent(rel);
+        let dir = self.open_dir(parent)?;
+        let create = || -> rustix::io::Result<()> {
+            let mode = Mode::from_raw_mode(node.mode);
+            match node.kind {
+                NodeKind::Symlink => rustix::fs::symlinkat(os(&node.target), &dir, os(name)),
+                NodeKind::Fifo => rustix::fs::mknodat(&dir, os(name), FileType::Fifo, mode, 0),
+                NodeKind::Socket => rustix::fs::mknodat(&dir, os(name), FileType::Socket, mode, 0),
+                NodeKind::CharDevice => {
+                    rustix::fs::mknodat(&dir, os(name), FileType::CharacterDevice, mode, node.rdev)
+                }
+                NodeKind::BlockDevice => {
+                    rustix::fs::mknodat(&dir, os(name), FileType::BlockDevice, mode, node.rdev)
+                }
+                NodeKind::Hardlink => {
+                    let (tp, tn) = split_parent(&node.target);
+                    let tdir = self.open_dir(tp).map_err(|_| rustix::io::Errno::NOENT)?;
+                    rustix::fs::linkat(&tdir, os(tn), &dir, os(name), AtFlags::empty())
+                }
+                NodeKind::File | NodeKind::Dir => {
+                    unreachable!("files and directories are restored elsewhere")
+                }
+            }
+        };
+        match create() {
+            Err(rustix::io::Errno::EXIST) => {
+                rustix::fs::unlinkat(&dir, os(name), AtFlags::empty())?;
+                create()?;
+            }
+            r => r?,
+        }
+        if node.kind != NodeKind::Hardlink {
+            self.apply_meta_at(&dir, name, node)?;
+        }
+        self.files.fetch_add(1, Relaxed);
+        self.progress.files_done.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Collects the items to restore, in pre-order.
+    fn plan(&self, rel: Vec<u8>, node: Node, filters: &[Vec<Vec<u8>>], items: &mut Vec<Item>) {
+        let (inside, above) = wanted(&rel, filters);
+        if !inside && !above {
+            return;
+        }
+        let sub = node.subtree;
+        if matches!(node.kind, NodeKind::File | NodeKind::Hardlink) {
+            self.progress.add_total(1, node.data_len());
+        }
+        items.push(Item {
+            rel: rel.clone(),
+            node,
+        });
+        if let Some(sub) = sub {
+            match browse::load_tree(self.repo, sub) {
+                Ok(tree) => {
+                    for child in tree.nodes {
+                        self.plan(join(&rel, &child.name), child, filters, items);
+                    }
+                }
+                Err(e) => self.fail(&rel, Fail::from(e)),
+            }
+        }
+    }
+}
+
+/// Restores `snapshot` (or the parts named in `opts.paths`) into `opts.target`.
+pub fn restore(
+    repo: &dyn Repository,
+    snapshot: &Snapshot,
+    opts: &RestoreOptions,
+    progress: &Progress,
+) -> Result<RestoreReport, ClientError> {
+    let mut filters = Vec::new();
+    for p in &opts.paths {
+        // Fails early, naming the path, when it is not in the snapshot.
+        browse::find(repo, snapshot, p)?;
+        filters.push(
+            split_path(p)?
+                .into_iter()
+                .map(<[u8]>::to_vec)
+                .collect::<Vec<_>>(),
+        );
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ClientError::Io { path, source }
+    };
+    std::fs::create_dir_all(&opts.target).map_err(io(&opts.target))?;
+    let root = rustix::fs::open(
+        &opts.target,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io(&opts.target)(e.into()))?;
+    let mut report = RestoreReport::default();
+    let is_root = rustix::process::geteuid().is_root();
+    if !is_root {
+        report
+            .warnings
+            .push("not running as root: file owners are not restored (files belong to you)".into());
+    }
+    let r = Restorer {
+        repo,
+        root,
+        target: opts.target.clone(),
+        owners: is_root.then(Owners::load),
+        numeric_ids: opts.numeric_ids,
+        progress,
+        errors: Mutex::new(Vec::new()),
+        files: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+    };
+    let mut items = Vec::new();
+    r.plan(Vec::new(), snapshot.root.clone(), &filters, &mut items);
+
+    // 1. Directories, parents first.
+    let mut bad_dirs: Vec<Vec<u8>> = Vec::new();
+    for it in items
+        .iter()
+        .filter(|i| i.node.kind == NodeKind::Dir && !i.rel.is_empty())
+    {
+        if let Err(e) = r.make_dir(&it.rel) {
+            bad_dirs.push(it.rel.clone());
+            r.fail(&it.rel, e);
+        }
+    }
+    let under_bad = |rel: &[u8]| {
+        bad_dirs
+            .iter()
+            .any(|d| rel.starts_with(d) && rel.get(d.len()) == Some(&b'/'))
+    };
+
+    // 2. File contents, in parallel. A hardlink whose first name is not
+    //    part of this restore gets its own copy of the contents.
+    let files_planned: HashSet<&[u8]> = items
+        .iter()
+        .filter(|i| i.node.kind == NodeKind::File)
+        .map(|i| i.rel.as_slice())
+        .collect();
+    let (contents, specials): (Vec<&Item>, Vec<&Item>) = items
+        .iter()
+        .filter(|i| i.node.kind != NodeKind::Dir && !under_bad(&i.rel))
+        .partition(|i| {
+            i.node.kind == NodeKind::File
+                || (i.node.kind == NodeKind::Hardlink
+                    && !files_planned.contains(i.node.target.as_slice()))
+        });
+    contents.par_iter().for_each(|it| {
+        if let Err(e) = r.restore_file(&it.rel, &it.node) {
+            r.fail(&it.rel, e);
+        }
+    });
+
+    // 3. Symlinks, special files and hardlinks (their targets now exist).
+    for it in specials {
+        if let Err(e) = r.restore_special(&it.rel, &it.node) {
+            r.fail(&it.rel, e);
+        }
+    }
+
+    // 4. Directory metadata, deepest first, so restoring a child's mtime or
+    //    a read-only mode never disturbs what is still to be written.
+    for it in items
+        .iter()
+        .rev()
+        .filter(|i| i.node.kind == NodeKind::Dir && !under_bad(&i.rel))
+    {
+        if bad_dirs.contains(&it.rel) {
+            continue;
+        }
+        if let Err(e) = r
+            .open_dir(&it.rel)
+            .and_then(|fd| r.apply_meta_fd(&fd, &it.node))
+        {
+            r.fail(&it.rel, e);
+        }
+    }
+
+    report.files = r.files.load(Relaxed);
+    report.bytes = r.bytes.load(Relaxed);
+    report.errors = r.errors.into_inner().expect("errors");
+    report.errors.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_select_paths_their_parents_and_below() {
+        let f = vec![vec![b"a".to_vec(), b"b".to_vec()]];
+        assert_eq!(wanted(b"", &f), (false, true));
+        assert_eq!(wanted(b"a", &f), (false, true));
+        assert_eq!(wanted(b"a/b", &f), (true, false));
+        assert_eq!(wanted(b"a/b/c", &f), (true, false));
+        assert_eq!(wanted(b"a/c", &f), (false, false));
+        assert_eq!(wanted(b"ab", &f), (false, false));
+        assert_eq!(wanted(b"x", &[]), (true, false));
+    }
+
+    #[test]
+    fn parent_and_name_split_at_the_last_slash() {
+        assert_eq!(split_parent(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
+        assert_eq!(split_parent(b"c"), (&b""[..], &b"c"[..]));
+    }
+}

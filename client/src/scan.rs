@@ -1,0 +1,229 @@
+//! The scanner: walks a source directory (one file system by default,
+//! excludes applied) and records every entry's metadata. Contents are read
+//! later, by the backup pipeline, and only for files the file-state cache
+//! cannot vouch for.
+
+use crate::error::EntryError;
+use crate::exclude::Excludes;
+use crate::meta;
+use crate::owners::Owners;
+use crate::progress::Progress;
+use homesync_protocol::{Node, NodeKind, Timestamp};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+/// A regular file whose contents the pipeline must supply.
+#[derive(Debug, Clone)]
+pub struct FileJob {
+    pub path: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+}
+
+/// How an entry gets what lstat cannot tell.
+#[derive(Debug, Clone, Copy)]
+pub enum Link {
+    /// Complete as scanned (symlink, fifo, device, socket).
+    None,
+    /// A directory: `dirs[i]`.
+    Dir(usize),
+    /// A regular file: contents from `files[i]`.
+    File(usize),
+    /// A further name of `files[i]`, first seen elsewhere.
+    HardlinkOf(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub node: Node,
+    pub link: Link,
+}
+
+#[derive(Debug)]
+pub struct ScanDir {
+    pub path: PathBuf,
+    /// Path from the scan root, `/`-separated raw bytes (empty for the root).
+    pub rel: Vec<u8>,
+    /// The directory's own metadata.
+    pub node: Node,
+    pub entries: Vec<Entry>,
+}
+
+/// Everything found under a root. `dirs[0]` is the root; every directory's
+/// index is larger than its parent's, so walking `dirs` backwards visits
+/// children before parents (what building trees bottom-up needs).
+#[derive(Debug)]
+pub struct Scan {
+    pub dirs: Vec<ScanDir>,
+    pub files: Vec<FileJob>,
+    pub errors: Vec<EntryError>,
+}
+
+pub struct ScanOptions<'a> {
+    pub excludes: &'a Excludes,
+    /// Absolute paths never backed up (the store itself, its caches).
+    pub skip: &'a [PathBuf],
+    pub one_file_system: bool,
+    pub owners: &'a Owners,
+}
+
+fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        [parent, b"/", name].concat()
+    }
+}
+
+fn ctime_of(m: &std::fs::Metadata) -> Timestamp {
+    Timestamp {
+        sec: m.ctime(),
+        nsec: m.ctime_nsec() as u32,
+    }
+}
+
+/// Walks `root`. Fails only if the root itself cannot be read; problems
+/// with entries below it are collected in [`Scan::errors`].
+pub fn scan(
+    root: &std::path::Path,
+    opts: &ScanOptions,
+    progress: &Progress,
+) -> Result<Scan, EntryError> {
+    let root_meta = std::fs::symlink_metadata(root).map_err(|e| EntryError::new(root, e))?;
+    if !root_meta.is_dir() {
+        return Err(EntryError::new(
+            root,
+            "not a directory (homesync backs up directories)",
+        ));
+    }
+    let root_dev = root_meta.dev();
+    let name = root
+        .file_name()
+        .map_or(b"/".to_vec(), |n| n.as_bytes().to_vec());
+    let mut root_node = meta::node_from(name, &root_meta, opts.owners);
+    root_node.xattrs = meta::read_xattrs(root).unwrap_or_default();
+    let mut s = Scan {
+        dirs: vec![ScanDir {
+            path: root.to_path_buf(),
+            rel: Vec::new(),
+            node: root_node,
+            entries: Vec::new(),
+        }],
+        files: Vec::new(),
+        errors: Vec::new(),
+    };
+    let mut first_name: HashMap<(u64, u64), (usize, Vec<u8>)> = HashMap::new();
+    let mut stack = vec![0usize];
+    while let Some(d) = stack.pop() {
+        let dir_path = s.dirs[d].path.clone();
+        let dir_rel = s.dirs[d].rel.clone();
+        let mut names: Vec<std::ffi::OsString> = match std::fs::read_dir(&dir_path) {
+            Ok(rd) => rd
+                .filter_map(|e| match e {
+                    Ok(e) => Some(e.file_name()),
+                    Err(err) => {
+                        s.errors.push(EntryError::new(&dir_path, err));
+                        None
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                s.errors.push(EntryError::new(
+                    &dir_path,
+                    format!("cannot list directory: {e}"),
+                ));
+                continue;
+            }
+        };
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let tagged_cache = opts.excludes.is_tagged_cache(&dir_path);
+        let mut entries = Vec::with_capacity(names.len());
+        for name in names {
+            if tagged_cache && name != OsStr::new("CACHEDIR.TAG") {
+                continue;
+            }
+            let path = dir_path.join(&name);
+            let m = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted since listing
+                Err(e) => {
+                    s.errors.push(EntryError::new(&path, e));
+                    continue;
+                }
+            };
+            if opts.excludes.excluded(&path, m.is_dir()) || opts.skip.contains(&path) {
+                continue;
+            }
+            let name = name.as_bytes().to_vec();
+            let rel = join_rel(&dir_rel, &name);
+            let mut node = meta::node_from(name, &m, opts.owners);
+            match meta::read_xattrs(&path) {
+                Ok(x) => node.xattrs = x,
+                Err(e) => s
+                    .errors
+                    .push(EntryError::new(&path, format!("reading xattrs: {e}"))),
+            }
+            let link = match node.kind {
+                NodeKind::Dir => {
+                    let i = s.dirs.len();
+                    let cross = opts.one_file_system && m.dev() != root_dev;
+                    s.dirs.push(ScanDir {
+                        path: path.clone(),
+                        rel: rel.clone(),
+                        node: node.clone(),
+                        entries: Vec::new(),
+                    });
+                    // A mount point is kept as an empty directory, not entered.
+                    if !cross {
+                        stack.push(i);
+                    }
+                    Link::Dir(i)
+                }
+                NodeKind::Symlink => match std::fs::read_link(&path) {
+                    Ok(t) => {
+                        node.target = t.into_os_string().into_encoded_bytes();
+                        Link::None
+                    }
+                    Err(e) => {
+                        s.errors
+                            .push(EntryError::new(&path, format!("reading symlink: {e}")));
+                        continue;
+                    }
+                },
+                NodeKind::File => {
+                    let key = (m.dev(), m.ino());
+                    if let Some((first, target)) = first_name.get(&key).filter(|_| m.nlink() > 1) {
+                        node.kind = NodeKind::Hardlink;
+                        node.target = target.clone();
+                        Link::HardlinkOf(*first)
+                    } else {
+                        let i = s.files.len();
+                        s.files.push(FileJob {
+                            path,
+                            dev: m.dev(),
+                            ino: m.ino(),
+                            size: m.size(),
+                            mtime: node.mtime,
+                            ctime: ctime_of(&m),
+                        });
+                        progress.add_total(1, m.size());
+                        if m.nlink() > 1 {
+                            first_name.insert(key, (i, rel));
+                        }
+                        Link::File(i)
+                    }
+                }
+                _ => Link::None,
+            };
+            entries.push(Entry { node, link });
+        }
+        s.dirs[d].entries = entries;
+    }
+    Ok(s)
+}

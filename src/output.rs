@@ -1,0 +1,354 @@
+//! What the CLI prints: human text, or JSON Lines with `--json`.
+//! Results go to stdout; notes and errors to stderr (as JSON on stdout with
+//! `--json`, so a script reads one stream).
+
+use homesync_client::backup::BackupReport;
+use homesync_client::browse::Change;
+use homesync_client::restore::RestoreReport;
+use homesync_protocol::{Node, NodeKind, Snapshot, SnapshotId, Timestamp};
+use serde_json::{Map, Value, json};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
+
+pub struct Out {
+    json: bool,
+}
+
+/// A path as JSON: `path` is always present (lossy UTF-8 for display);
+/// `path_hex` carries the exact bytes when they are not valid UTF-8.
+fn path_fields(m: &mut Map<String, Value>, key: &str, bytes: &[u8]) {
+    m.insert(
+        key.into(),
+        Value::String(String::from_utf8_lossy(bytes).into_owned()),
+    );
+    if std::str::from_utf8(bytes).is_err() {
+        m.insert(
+            format!("{key}_hex"),
+            Value::String(homesync_protocol::id::hex(bytes)),
+        );
+    }
+}
+
+/// Bytes shown to a person: valid UTF-8 as is, other bytes as `\xNN`.
+fn escaped(bytes: &[u8]) -> String {
+    bytes.utf8_chunks().fold(String::new(), |mut s, c| {
+        s.push_str(c.valid());
+        for b in c.invalid() {
+            s.push_str(&format!("\\x{b:02x}"));
+        }
+        s
+    })
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC, for any year.
+pub fn format_time(t: Timestamp) -> String {
+    let days = t.sec.div_euclid(86_400);
+    let secs = t.sec.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn mode_string(n: &Node) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(n.kind.letter());
+    let m = n.mode;
+    let bit = |b: u32, c: char| if m & b != 0 { c } else { '-' };
+    let special = |x: u32, sp: u32, lower: char, upper: char| match (m & x != 0, m & sp != 0) {
+        (true, true) => lower,
+        (false, true) => upper,
+        (true, false) => 'x',
+        (false, false) => '-',
+    };
+    s.push(bit(0o400, 'r'));
+    s.push(bit(0o200, 'w'));
+    s.push(special(0o100, 0o4000, 's', 'S'));
+    s.push(bit(0o040, 'r'));
+    s.push(bit(0o020, 'w'));
+    s.push(special(0o010, 0o2000, 's', 'S'));
+    s.push(bit(0o004, 'r'));
+    s.push(bit(0o002, 'w'));
+    s.push(special(0o001, 0o1000, 't', 'T'));
+    s
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
+
+impl Out {
+    pub fn new(json: bool) -> Self {
+        Out { json }
+    }
+
+    fn line(&self, v: Value) {
+        let mut o = std::io::stdout().lock();
+        let _ = writeln!(o, "{v}");
+    }
+
+    /// An informational message (stderr; JSON on stdout with `--json`).
+    pub fn note(&self, msg: &str) {
+        if self.json {
+            self.line(json!({"message_type": "note", "message": msg}));
+        } else {
+            eprintln!("{msg}");
+        }
+    }
+
+    pub fn error(&self, path: Option<&Path>, msg: &str) {
+        if self.json {
+            let mut m = Map::new();
+            m.insert("message_type".into(), "error".into());
+            if let Some(p) = path {
+                path_fields(&mut m, "path", p.as_os_str().as_bytes());
+            }
+            m.insert("error".into(), msg.into());
+            self.line(Value::Object(m));
+        } else {
+            match path {
+                Some(p) => eprintln!("error: {}: {msg}", escaped(p.as_os_str().as_bytes())),
+                None => eprintln!("error: {msg}"),
+            }
+        }
+    }
+
+    pub fn init(&self, path: &Path, id: &str) {
+        if self.json {
+            self.line(
+                json!({"message_type": "init", "repo": path.display().to_string(), "store_id": id}),
+            );
+        } else {
+            println!("created store {id} at {}", path.display());
+        }
+    }
+
+    pub fn backup_summary(&self, r: &BackupReport, took: Duration) {
+        let s = &r.snapshot.stats;
+        if self.json {
+            self.line(json!({
+                "message_type": "summary",
+                "snapshot_id": r.id.to_hex(),
+                "files": s.files, "dirs": s.dirs, "other": s.other, "bytes": s.bytes,
+                "files_read": s.files_read, "bytes_read": s.bytes_read,
+                "blobs_added": s.blobs_added, "bytes_added": s.bytes_added,
+                "errors": s.errors, "seconds": took.as_secs_f64(),
+            }));
+        } else {
+            println!(
+                "snapshot {} saved: {} files, {} dirs, {} in all; read {} files ({}), added {} blobs ({}) in {:.1} s{}",
+                r.id.short(),
+                s.files,
+                s.dirs,
+                mib(s.bytes),
+                s.files_read,
+                mib(s.bytes_read),
+                s.blobs_added,
+                mib(s.bytes_added),
+                took.as_secs_f64(),
+                if s.errors > 0 {
+                    format!("; {} entries could not be read", s.errors)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+
+    pub fn restore_summary(&self, r: &RestoreReport, took: Duration) {
+        if self.json {
+            self.line(json!({
+                "message_type": "summary",
+                "files_restored": r.files, "bytes_restored": r.bytes,
+                "errors": r.errors.len(), "seconds": took.as_secs_f64(),
+            }));
+        } else {
+            println!(
+                "restored {} entries ({}) in {:.1} s{}",
+                r.files,
+                mib(r.bytes),
+                took.as_secs_f64(),
+                if r.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {} failed", r.errors.len())
+                }
+            );
+        }
+    }
+
+    pub fn snapshots(&self, all: &[(SnapshotId, Snapshot)]) {
+        if !self.json {
+            println!(
+                "{:<8}  {:<19}  {:<12}  {:>8}  {:>10}  source",
+                "id", "time (UTC)", "machine", "files", "size"
+            );
+        }
+        for (id, s) in all {
+            if self.json {
+                let mut m = Map::new();
+                m.insert("message_type".into(), "snapshot".into());
+                m.insert("id".into(), id.to_hex().into());
+                m.insert("time".into(), format_time(s.time).into());
+                m.insert("unix_time".into(), s.time.sec.into());
+                m.insert("machine".into(), s.machine.clone().into());
+                path_fields(&mut m, "source", &s.source);
+                m.insert("tags".into(), s.tags.clone().into());
+                m.insert("root".into(), s.root_tree().to_hex().into());
+                m.insert("parent".into(), s.parent.map(|p| p.to_hex()).into());
+                m.insert("files".into(), s.stats.files.into());
+                m.insert("bytes".into(), s.stats.bytes.into());
+                m.insert("errors".into(), s.stats.errors.into());
+                self.line(Value::Object(m));
+            } else {
+                println!(
+                    "{:<8}  {:<19}  {:<12}  {:>8}  {:>10}  {}{}",
+                    id.short(),
+                    format_time(s.time),
+                    s.machine,
+                    s.stats.files,
+                    mib(s.stats.bytes),
+                    escaped(&s.source),
+                    if s.tags.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  [{}]", s.tags.join(","))
+                    }
+                );
+            }
+        }
+    }
+
+    pub fn node(&self, path: &[u8], n: &Node) {
+        if self.json {
+            let mut m = Map::new();
+            m.insert("message_type".into(), "node".into());
+            path_fields(&mut m, "path", path);
+            m.insert("type".into(), n.kind.name().into());
+            m.insert("mode".into(), format!("{:04o}", n.mode).into());
+            m.insert("uid".into(), n.uid.into());
+            m.insert("gid".into(), n.gid.into());
+            m.insert("user".into(), n.user.clone().into());
+            m.insert("group".into(), n.group.clone().into());
+            m.insert("size".into(), n.size.into());
+            m.insert(
+                "mtime".into(),
+                format!("{}.{:09}", n.mtime.sec, n.mtime.nsec).into(),
+            );
+            if matches!(n.kind, NodeKind::Symlink | NodeKind::Hardlink) {
+                path_fields(&mut m, "target", &n.target);
+            }
+            self.line(Value::Object(m));
+        } else {
+            let owner =
+                |name: &Option<String>, id: u32| name.clone().unwrap_or_else(|| id.to_string());
+            let shown = if path.is_empty() { b"." as &[u8] } else { path };
+            let link = match n.kind {
+                NodeKind::Symlink => format!(" -> {}", escaped(&n.target)),
+                NodeKind::Hardlink => format!(" => {}", escaped(&n.target)),
+                _ => String::new(),
+            };
+            println!(
+                "{} {}/{} {:>12} {} {}{}",
+                mode_string(n),
+                owner(&n.user, n.uid),
+                owner(&n.group, n.gid),
+                n.size,
+                format_time(n.mtime),
+                escaped(shown),
+                link
+            );
+        }
+    }
+
+    pub fn change(&self, c: Change, path: &[u8], n: &Node) {
+        if self.json {
+            let mut m = Map::new();
+            m.insert("message_type".into(), "change".into());
+            m.insert(
+                "change".into(),
+                match c {
+                    Change::Added => "added",
+                    Change::Removed => "removed",
+                    Change::Modified => "modified",
+                }
+                .into(),
+            );
+            path_fields(&mut m, "path", path);
+            m.insert("type".into(), n.kind.name().into());
+            self.line(Value::Object(m));
+        } else {
+            let slash = if n.kind == NodeKind::Dir { "/" } else { "" };
+            println!("{}    {}{slash}", c.symbol(), escaped(path));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format_for_any_year() {
+        assert_eq!(
+            format_time(Timestamp { sec: 0, nsec: 0 }),
+            "1970-01-01 00:00:00"
+        );
+        assert_eq!(
+            format_time(Timestamp {
+                sec: 951_782_400,
+                nsec: 0
+            }),
+            "2000-02-29 00:00:00"
+        );
+        assert_eq!(
+            format_time(Timestamp {
+                sec: -2_208_988_800,
+                nsec: 0
+            }),
+            "1900-01-01 00:00:00"
+        );
+        assert_eq!(
+            format_time(Timestamp {
+                sec: 4_102_444_799,
+                nsec: 0
+            }),
+            "2099-12-31 23:59:59"
+        );
+    }
+
+    #[test]
+    fn non_utf8_paths_are_kept_exactly() {
+        let mut m = Map::new();
+        path_fields(&mut m, "path", b"caf\xe9");
+        assert_eq!(m["path_hex"], "636166e9");
+        assert_eq!(escaped(b"caf\xe9/x"), "caf\\xe9/x");
+        let mut m = Map::new();
+        path_fields(&mut m, "path", "café".as_bytes());
+        assert!(!m.contains_key("path_hex"));
+    }
+
+    #[test]
+    fn modes_render_like_ls() {
+        let mut n = Node::new(b"x".to_vec(), NodeKind::Dir);
+        n.mode = 0o1777;
+        assert_eq!(mode_string(&n), "drwxrwxrwt");
+        n.kind = NodeKind::File;
+        n.mode = 0o4754;
+        assert_eq!(mode_string(&n), "-rwsr-xr--");
+    }
+}
