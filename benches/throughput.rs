@@ -17,6 +17,9 @@ use std::ops::Range;
 use std::sync::LazyLock;
 
 fn main() {
+    // Build the inputs first so their one-line summaries print above the table.
+    LazyLock::force(&TEXT);
+    LazyLock::force(&RANDOM);
     divan::main();
 }
 

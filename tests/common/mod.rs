@@ -584,12 +584,18 @@ pub fn assert_same_listing(what: &str, source: &[String], restored: &[String]) {
 }
 
 /// Asserts two maps (path -> description) are equal, showing differences.
-pub fn assert_same_map(what: &str, source: &BTreeMap<String, String>, restored: &BTreeMap<String, String>) {
+pub fn assert_same_map(
+    what: &str,
+    source: &BTreeMap<String, String>,
+    restored: &BTreeMap<String, String>,
+) {
     let mut problems = Vec::new();
     for (k, v) in source {
         match restored.get(k) {
             None => problems.push(format!("missing in restored: {k} ({v})")),
-            Some(r) if r != v => problems.push(format!("{k}:\n    source:   {v}\n    restored: {r}")),
+            Some(r) if r != v => {
+                problems.push(format!("{k}:\n    source:   {v}\n    restored: {r}"))
+            }
             _ => {}
         }
     }
