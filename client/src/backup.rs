@@ -44,13 +44,14 @@ pub struct BackupReport {
 
 /// Reading buffer per worker: a multiple of the largest chunk, so each
 /// refill cuts several chunks and moves at most one chunk's bytes.
-const READ_BUFFER: usize = 16 << 20;
+const READ_BUFFER: usize = 8 << 20;
 /// A file that keeps changing is read at most this many times.
 const READ_ATTEMPTS: usize = 3;
 
 thread_local! {
     static ENCODER: RefCell<Option<BlobEncoder>> = const { RefCell::new(None) };
     static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static ENCODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Contents of one file as stored.
@@ -150,15 +151,22 @@ impl Pipeline<'_> {
     fn store_chunk(&self, data: &[u8]) -> Result<ChunkId, StoreError> {
         let id = ChunkId::of(data);
         if !self.repo.has_blobs(&[id.into()])?[0] {
-            let blob = ENCODER.with(|e| {
-                e.borrow_mut()
-                    .get_or_insert_with(|| BlobEncoder::new(self.level))
-                    .encode(BlobKind::Chunk, data)
-            });
-            let len = blob.len() as u64;
-            if self.repo.put_blob(id.into(), BlobKind::Chunk, blob)? {
+            let added = ENCODED.with(|out| {
+                let mut out = out.borrow_mut();
+                ENCODER.with(|e| {
+                    e.borrow_mut()
+                        .get_or_insert_with(|| BlobEncoder::new(self.level))
+                        .encode_into(BlobKind::Chunk, data, &mut out)
+                });
+                Ok::<_, StoreError>(
+                    self.repo
+                        .put_blob(id.into(), BlobKind::Chunk, &out)?
+                        .then_some(out.len()),
+                )
+            })?;
+            if let Some(len) = added {
                 self.counters.blobs_added.fetch_add(1, Relaxed);
-                self.counters.bytes_added.fetch_add(len, Relaxed);
+                self.counters.bytes_added.fetch_add(len as u64, Relaxed);
             }
         }
         Ok(id)
@@ -303,8 +311,15 @@ pub fn backup(
         one_file_system: opts.one_file_system,
         owners: &owners,
     };
+    let timer = std::time::Instant::now();
     let scan = scan::scan(&source, &scan_opts, progress)
         .map_err(|e| ClientError::Usage(format!("{}: {}", e.path.display(), e.error)))?;
+    tracing::info!(
+        "scanned {} directories, {} files in {:?}",
+        scan.dirs.len(),
+        scan.files.len(),
+        timer.elapsed()
+    );
     let mut cache = match &opts.cache_dir {
         Some(dir) => Some(FileCache::open(&cache_path(dir, repo))?),
         None => None,
@@ -371,8 +386,10 @@ pub fn backup(
         return Err(e.into());
     }
 
+    tracing::info!("files done at {:?}", timer.elapsed());
     let mut stats = SnapshotStats::default();
     let root = build_trees(&pipeline, &scan, &results, &mut stats)?;
+    tracing::info!("trees done at {:?}", timer.elapsed());
     let mut root_node = scan.dirs[0].node.clone();
     root_node.subtree = Some(root);
     let parent = repo
@@ -398,6 +415,7 @@ pub fn backup(
         stats,
     };
     let id = repo.commit_snapshot(&snapshot)?;
+    tracing::info!("committed at {:?}", timer.elapsed());
 
     if let Some(cache) = &mut cache {
         // Only files that were stable while read, and whose ctime is safely
@@ -475,7 +493,7 @@ fn build_trees(
         if !p.repo.has_blobs(&[id.into()])?[0] {
             let blob = encoder.encode(BlobKind::Tree, &bytes);
             let len = blob.len() as u64;
-            if p.repo.put_blob(id.into(), BlobKind::Tree, blob)? {
+            if p.repo.put_blob(id.into(), BlobKind::Tree, &blob)? {
                 p.counters.blobs_added.fetch_add(1, Relaxed);
                 p.counters.bytes_added.fetch_add(len, Relaxed);
             }

@@ -23,6 +23,10 @@ pub const HEADER_LEN: usize = 10;
 /// claims before allocating anything.
 pub const MAX_PLAIN_LEN: usize = 64 << 20;
 
+/// The largest blob a client normally sends (a maximal chunk plus header),
+/// for sizing buffers; larger blobs are legal but rarer.
+pub const MAX_CHUNK_HINT: usize = (4 << 20) + HEADER_LEN;
+
 /// What a blob holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BlobKind {
@@ -190,6 +194,14 @@ impl BlobEncoder {
     /// Panics if `plain` is longer than [`MAX_PLAIN_LEN`]; callers cut chunks
     /// and trees far below it.
     pub fn encode(&mut self, kind: BlobKind, plain: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(kind, plain, &mut out);
+        out
+    }
+
+    /// Like [`encode`](Self::encode), into a buffer the caller reuses, so
+    /// a backup does not allocate megabytes per chunk.
+    pub fn encode_into(&mut self, kind: BlobKind, plain: &[u8], out: &mut Vec<u8>) {
         assert!(plain.len() <= MAX_PLAIN_LEN, "blob over MAX_PLAIN_LEN");
         let bound = zstd::zstd_safe::compress_bound(plain.len());
         self.scratch.clear();
@@ -206,14 +218,14 @@ impl BlobEncoder {
             Some(n) => (Codec::Zstd, &self.scratch[..n]),
             None => (Codec::Raw, plain),
         };
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+        out.clear();
+        out.reserve(HEADER_LEN + payload.len());
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
         out.push(kind as u8);
         out.push(codec as u8);
         out.extend_from_slice(&(plain.len() as u32).to_le_bytes());
         out.extend_from_slice(payload);
-        out
     }
 }
 

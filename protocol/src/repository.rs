@@ -73,7 +73,7 @@ pub trait Repository: Send + Sync {
     /// Stores an encoded blob (see [`crate::blob`]) under `id`, the hash of
     /// its plain bytes. Returns false when the store already had it.
     /// A tree is refused unless every blob it references is present.
-    fn put_blob(&self, id: BlobId, kind: BlobKind, encoded: Vec<u8>) -> Result<bool, StoreError>;
+    fn put_blob(&self, id: BlobId, kind: BlobKind, encoded: &[u8]) -> Result<bool, StoreError>;
 
     /// The plain bytes of a blob, verified to hash to `id`.
     fn get_blob(&self, id: BlobId, kind: BlobKind) -> Result<Vec<u8>, StoreError>;

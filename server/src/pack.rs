@@ -53,7 +53,20 @@ impl Default for PackWriter {
 
 impl PackWriter {
     pub fn new() -> Self {
-        let mut bytes = Vec::new();
+        Self::with_capacity(0)
+    }
+
+    /// A writer whose buffer will not reallocate below `capacity` bytes
+    /// (a pack's target size plus one blob): growth by doubling would
+    /// otherwise leave a 32 MiB buffer for a 16 MiB pack.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self::reusing(Vec::with_capacity(capacity))
+    }
+
+    /// A writer filling `buffer` (cleared first): the store recycles the
+    /// buffer of a written pack rather than allocating a new one.
+    pub fn reusing(mut bytes: Vec<u8>) -> Self {
+        bytes.clear();
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&[VERSION, 0, 0, 0]);
         PackWriter {
@@ -90,6 +103,7 @@ impl PackWriter {
 
     /// Appends trailer and footer; returns the pack's name, bytes and entries.
     pub fn finish(mut self) -> (String, Vec<u8>, Vec<PackEntry>) {
+        self.bytes.reserve_exact(self.entries.len() * ENTRY_LEN + 8);
         for e in &self.entries {
             self.bytes.extend_from_slice(&e.id.0);
             self.bytes.push(e.kind as u8);

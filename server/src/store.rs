@@ -68,9 +68,13 @@ struct WriteState {
     tree: PackWriter,
     pending: HashMap<BlobId, Pending>,
     poisoned: Option<String>,
+    /// The buffer of the last written pack, kept for the next one.
+    spare: Option<Vec<u8>>,
 }
 
 impl WriteState {
+    /// The open pack for `slot`, created on first use with room for a full
+    /// pack plus the largest blob.
     fn writer(&mut self, slot: Slot) -> &mut PackWriter {
         match slot {
             Slot::Data => &mut self.data,
@@ -143,6 +147,7 @@ impl Store {
                 tree: PackWriter::new(),
                 pending: HashMap::new(),
                 poisoned: None,
+                spare: None,
             }),
             options,
         })
@@ -197,6 +202,9 @@ impl Store {
         for e in &entries {
             st.pending.remove(&e.id);
         }
+        if let Ok(buffer) = Arc::try_unwrap(bytes) {
+            st.spare = Some(buffer);
+        }
         if let Err(e) = &result {
             st.poisoned = Some(format!("pack {name}: {e}"));
         }
@@ -240,8 +248,8 @@ impl Repository for Store {
         ids.iter().map(|id| self.present(&st, id)).collect()
     }
 
-    fn put_blob(&self, id: BlobId, kind: BlobKind, encoded: Vec<u8>) -> Result<bool, StoreError> {
-        let plain = self.verify_upload(id, kind, &encoded)?;
+    fn put_blob(&self, id: BlobId, kind: BlobKind, encoded: &[u8]) -> Result<bool, StoreError> {
+        let plain = self.verify_upload(id, kind, encoded)?;
         let tree = match (kind, plain) {
             (BlobKind::Tree, Some(p)) => {
                 Some(Tree::decode(&p).map_err(|e| StoreError::Refused(format!("tree {id}: {e}")))?)
@@ -270,13 +278,19 @@ impl Repository for Store {
                     }
                 }
             }
-            let w = st.writer(slot);
-            let offset = w.add(id, kind, &encoded);
             let target = if slot == Slot::Data {
                 PACK_TARGET
             } else {
                 TREE_PACK_TARGET
             };
+            if st.writer(slot).is_empty() {
+                // First blob of a new pack: reserve once for the whole pack.
+                let mut buffer = st.spare.take().unwrap_or_default();
+                buffer.reserve(target + encoded.len().max(blob::MAX_CHUNK_HINT));
+                *st.writer(slot) = PackWriter::reusing(buffer);
+            }
+            let w = st.writer(slot);
+            let offset = w.add(id, kind, encoded);
             let full = w.len() >= target;
             st.pending.insert(
                 id,
@@ -327,7 +341,7 @@ impl Repository for Store {
         let id = SnapshotId::of(&encoded);
         let blob = homesync_protocol::BlobEncoder::new(self.config.zstd_level)
             .encode(BlobKind::Snapshot, &encoded);
-        self.put_blob(id.into(), BlobKind::Snapshot, blob)?;
+        self.put_blob(id.into(), BlobKind::Snapshot, &blob)?;
         self.flush()?;
         lock(&self.index).add_snapshot(&id, snapshot, &encoded)?;
         Ok(id)
@@ -349,7 +363,7 @@ mod tests {
             .put_blob(
                 id.into(),
                 BlobKind::Chunk,
-                BlobEncoder::new(3).encode(BlobKind::Chunk, data),
+                &BlobEncoder::new(3).encode(BlobKind::Chunk, data),
             )
             .unwrap();
         id
@@ -394,12 +408,12 @@ mod tests {
                 .put_blob(
                     ids[0].into(),
                     BlobKind::Chunk,
-                    BlobEncoder::new(3).encode(BlobKind::Chunk, b"file 0")
+                    &BlobEncoder::new(3).encode(BlobKind::Chunk, b"file 0")
                 )
                 .unwrap()
         );
         let (tid, tblob) = tree_with(ids.clone());
-        store.put_blob(tid.into(), BlobKind::Tree, tblob).unwrap();
+        store.put_blob(tid.into(), BlobKind::Tree, &tblob).unwrap();
         let sid = store.commit_snapshot(&snapshot(tid)).unwrap();
         drop(store);
         let store = Store::open(dir.path(), OpenOptions::default()).unwrap();
@@ -418,7 +432,7 @@ mod tests {
         let store = Store::init(dir.path(), ChunkerParams::default(), 3).unwrap();
         let (tid, tblob) = tree_with(vec![ChunkId([9; 32])]);
         let err = store
-            .put_blob(tid.into(), BlobKind::Tree, tblob)
+            .put_blob(tid.into(), BlobKind::Tree, &tblob)
             .unwrap_err();
         assert!(err.to_string().contains("lacks"), "{err}");
         let err = store.commit_snapshot(&snapshot(tid)).unwrap_err();
@@ -432,7 +446,7 @@ mod tests {
         let store = Store::init(dir.path(), ChunkerParams::default(), 3).unwrap();
         let blob = BlobEncoder::new(3).encode(BlobKind::Chunk, b"real bytes");
         let err = store
-            .put_blob(BlobId::of(b"other bytes"), BlobKind::Chunk, blob)
+            .put_blob(BlobId::of(b"other bytes"), BlobKind::Chunk, &blob)
             .unwrap_err();
         assert!(err.is_corruption(), "{err}");
         assert!(!store.has_blobs(&[BlobId::of(b"other bytes")]).unwrap()[0]);
