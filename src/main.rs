@@ -29,10 +29,30 @@ pub mod exit {
     pub const CORRUPT: u8 = 5;
 }
 
+unsafe extern "C" {
+    /// glibc's allocator tuning (`man 3 mallopt`).
+    fn mallopt(param: i32, value: i32) -> i32;
+}
+
+/// Allocations of 4 MiB and more (read buffers, pack buffers) get their own
+/// mappings, returned to the system when freed. Without this, glibc raises
+/// its mmap threshold after the first large free and serves later large
+/// buffers from per-thread heaps that fragment: the bench home's backup
+/// peaked at 180 MB instead of 140 MB.
+fn tune_allocator() {
+    const M_MMAP_THRESHOLD: i32 = -3;
+    // SAFETY: mallopt only sets a tunable; called before any other thread exists.
+    unsafe {
+        mallopt(M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HOMESYNC_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -42,10 +62,26 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = classify(&e);
-            Out::new(cli.json).error(None, &format!("{e:#}"));
+            Out::new(cli.json).error(None, &describe(&e));
             ExitCode::from(code)
         }
     }
+}
+
+/// The error and its causes on one line, each cause once (a library error
+/// often already quotes its source in its own message).
+fn describe(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    msg
 }
 
 /// The exit code for a fatal error.

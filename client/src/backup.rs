@@ -320,10 +320,18 @@ pub fn backup(
         scan.files.len(),
         timer.elapsed()
     );
-    let mut cache = match &opts.cache_dir {
-        Some(dir) => Some(FileCache::open(&cache_path(dir, repo))?),
-        None => None,
-    };
+    // The cache only saves reading: a backup without it is slower, not wrong.
+    let mut cache = opts.cache_dir.as_ref().and_then(|dir| {
+        let path = cache_path(dir, repo);
+        FileCache::open(&path)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "reading every file: no file-state cache at {}: {e}",
+                    path.display()
+                )
+            })
+            .ok()
+    });
 
     let pipeline = Pipeline {
         repo,

@@ -254,7 +254,7 @@ impl Restorer<'_> {
 
     fn write_contents(&self, file: &File, node: &Node) -> Result<u64, Fail> {
         let mut written = 0u64;
-        if node.extents.is_empty() {
+        if node.is_dense() {
             let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
             for &c in &node.chunks {
                 let data = self.fetch(c)?;

@@ -199,6 +199,37 @@ impl BlobEncoder {
         out
     }
 
+    /// Guesses from three 16 KiB samples whether zstd would fail to shrink
+    /// `plain` (photos, video, archives): then compressing it all would
+    /// cost most of a backup's CPU for nothing. Small inputs are just tried.
+    fn looks_incompressible(&mut self, plain: &[u8]) -> bool {
+        const SAMPLE: usize = 16 << 10;
+        if plain.len() < 8 * SAMPLE {
+            return false;
+        }
+        let mid = plain.len() / 2 - SAMPLE / 2;
+        let mut sampled = 0;
+        let mut packed = 0;
+        for start in [0, mid, plain.len() - SAMPLE] {
+            self.scratch.clear();
+            self.scratch
+                .reserve(zstd::zstd_safe::compress_bound(SAMPLE));
+            let sample = &plain[start..start + SAMPLE];
+            match self
+                .compressor
+                .compress_to_buffer(sample, &mut self.scratch)
+            {
+                Ok(n) => {
+                    sampled += SAMPLE;
+                    packed += n.min(SAMPLE);
+                }
+                Err(_) => return false,
+            }
+        }
+        // Under 3% saved on the samples: store raw.
+        packed * 100 >= sampled * 97
+    }
+
     /// Like [`encode`](Self::encode), into a buffer the caller reuses, so
     /// a backup does not allocate megabytes per chunk.
     pub fn encode_into(&mut self, kind: BlobKind, plain: &[u8], out: &mut Vec<u8>) {
@@ -206,7 +237,7 @@ impl BlobEncoder {
         let bound = zstd::zstd_safe::compress_bound(plain.len());
         self.scratch.clear();
         self.scratch.reserve(bound);
-        let compressed = if plain.len() >= 64 {
+        let compressed = if plain.len() >= 64 && !self.looks_incompressible(plain) {
             self.compressor
                 .compress_to_buffer(plain, &mut self.scratch)
                 .ok()
@@ -246,6 +277,25 @@ mod tests {
         let b = enc.encode(BlobKind::Chunk, &random);
         assert_eq!(b.len(), random.len() + HEADER_LEN);
         assert_eq!(Blob::parse(&b).unwrap().codec, Codec::Raw);
+    }
+
+    #[test]
+    fn large_random_chunks_skip_compression_and_text_does_not() {
+        let mut enc = BlobEncoder::new(3);
+        let mut random = vec![0u8; 1 << 20];
+        blake3::Hasher::new().finalize_xof().fill(&mut random);
+        assert!(enc.looks_incompressible(&random));
+        let b = enc.encode(BlobKind::Chunk, &random);
+        assert_eq!(Blob::parse(&b).unwrap().codec, Codec::Raw);
+        // Random bytes with compressible text in the middle of the samples.
+        let text = b"the quick brown fox jumps over the lazy dog. ".repeat(30_000);
+        assert!(!enc.looks_incompressible(&text));
+        assert_eq!(
+            Blob::parse(&enc.encode(BlobKind::Chunk, &text))
+                .unwrap()
+                .codec,
+            Codec::Zstd
+        );
     }
 
     #[test]

@@ -110,7 +110,8 @@ pub struct Node {
     /// File contents: the chunks of the data regions, in order.
     pub chunks: Vec<ChunkId>,
     /// Data regions `(offset, length)` of a sparse file; empty for a dense
-    /// file (one region covering everything). Holes are the gaps between.
+    /// file (one region covering everything) and for a file that is all
+    /// hole (size > 0, no chunks). Holes are the gaps between regions.
     pub extents: Vec<(u64, u64)>,
     /// The directory's tree.
     pub subtree: Option<TreeId>,
@@ -144,12 +145,19 @@ impl Node {
 
     /// The file bytes the chunks hold: `size` for a dense file, the sum of
     /// the extents for a sparse one.
+    ///
+    /// A file with a size but neither chunks nor extents is one big hole.
     pub fn data_len(&self) -> u64 {
-        if self.extents.is_empty() {
+        if self.is_dense() {
             self.size
         } else {
             self.extents.iter().map(|e| e.1).sum()
         }
+    }
+
+    /// True when the chunks hold every byte of the file (no holes).
+    pub fn is_dense(&self) -> bool {
+        self.extents.is_empty() && (!self.chunks.is_empty() || self.size == 0)
     }
 
     pub(crate) fn validate(&self) -> Result<(), FormatError> {

@@ -2,16 +2,18 @@
 //!
 //! Write path: `put_blob` appends to an in-memory pack (one for chunks, one
 //! for trees and snapshots, so metadata stays together). A full pack is
-//! sealed, written and fsynced through the backend, and only then are its
-//! blobs inserted into the index. Until then they are "pending": visible to
-//! `has_blobs`, `get_blob` and the tree reference check, but not to other
-//! processes. A failed pack write poisons the store: every later call fails,
-//! so no tree or snapshot can ever be committed on top of a lost blob.
+//! sealed and handed to the pack writer thread, which writes and fsyncs it
+//! through the backend and only then inserts its blobs into the index, while
+//! the backup goes on hashing and compressing. Until indexed, blobs are
+//! "pending": visible to `has_blobs`, `get_blob` and the tree reference
+//! check of this process, but not to other processes. A failed pack write
+//! poisons the store: every later call fails, so no tree or snapshot can
+//! ever be committed on top of a lost blob.
 
 use crate::backend::{LocalDir, PackBackend};
 use crate::config;
 use crate::index::Index;
-use crate::pack::PackWriter;
+use crate::pack::{PackEntry, PackWriter};
 use homesync_protocol::blob::{self, Blob};
 use homesync_protocol::{
     BlobId, BlobKind, ChunkerParams, Repository, Snapshot, SnapshotId, StoreConfig, StoreError,
@@ -19,12 +21,17 @@ use homesync_protocol::{
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
 /// A pack is sealed once it holds this many bytes.
 pub const PACK_TARGET: usize = 16 << 20;
 /// Tree packs are sealed smaller: they are read whole when listing.
 pub const TREE_PACK_TARGET: usize = 4 << 20;
+/// Sealed packs waiting for the writer thread beyond the one it writes.
+/// None: the next pack fills while one is written, and each waiting pack
+/// would hold another PACK_TARGET bytes of memory.
+const WRITE_QUEUE: usize = 0;
 
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
@@ -73,8 +80,6 @@ struct WriteState {
 }
 
 impl WriteState {
-    /// The open pack for `slot`, created on first use with room for a full
-    /// pack plus the largest blob.
     fn writer(&mut self, slot: Slot) -> &mut PackWriter {
         match slot {
             Slot::Data => &mut self.data,
@@ -83,18 +88,69 @@ impl WriteState {
     }
 }
 
-pub struct Store {
-    dir: PathBuf,
-    config: StoreConfig,
+/// Work for the pack writer thread.
+enum Job {
+    Pack {
+        name: String,
+        bytes: Arc<Vec<u8>>,
+        entries: Vec<PackEntry>,
+    },
+    /// Answered once every pack sent before it is written and indexed.
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+/// What the store's callers and its writer thread share.
+struct Shared {
     backend: Box<dyn PackBackend>,
     index: Mutex<Index>,
     state: Mutex<WriteState>,
+}
+
+pub struct Store {
+    dir: PathBuf,
+    config: StoreConfig,
     options: OpenOptions,
+    shared: Arc<Shared>,
+    writer: Mutex<Option<(SyncSender<Job>, std::thread::JoinHandle<()>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere must not make the store unusable for error reporting.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn check_poisoned(state: &WriteState) -> Result<(), StoreError> {
+        match &state.poisoned {
+            Some(why) => Err(StoreError::Refused(format!(
+                "an earlier pack write failed, nothing more is accepted in this session: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn present(&self, state: &WriteState, id: &BlobId) -> Result<bool, StoreError> {
+        Ok(state.pending.contains_key(id) || lock(&self.index).has(id)?)
+    }
+
+    /// Writes a sealed pack durably, then indexes it (writer thread).
+    fn write_pack(&self, name: String, bytes: Arc<Vec<u8>>, entries: Vec<PackEntry>) {
+        let result = self
+            .backend
+            .put(&name, &bytes)
+            .and_then(|()| lock(&self.index).add_pack(&name, bytes.len() as u64, &entries));
+        let mut st = lock(&self.state);
+        for e in &entries {
+            st.pending.remove(&e.id);
+        }
+        if let Err(e) = result {
+            tracing::error!("writing pack {name}: {e}");
+            st.poisoned.get_or_insert(format!("pack {name}: {e}"));
+        }
+        if let Ok(buffer) = Arc::try_unwrap(bytes) {
+            st.spare = Some(buffer);
+        }
+    }
 }
 
 impl Store {
@@ -140,16 +196,19 @@ impl Store {
         Ok(Store {
             dir: dir.to_path_buf(),
             config,
-            backend: Box::new(LocalDir::new(dir.join("packs"))),
-            index: Mutex::new(index),
-            state: Mutex::new(WriteState {
-                data: PackWriter::new(),
-                tree: PackWriter::new(),
-                pending: HashMap::new(),
-                poisoned: None,
-                spare: None,
-            }),
             options,
+            shared: Arc::new(Shared {
+                backend: Box::new(LocalDir::new(dir.join("packs"))),
+                index: Mutex::new(index),
+                state: Mutex::new(WriteState {
+                    data: PackWriter::new(),
+                    tree: PackWriter::new(),
+                    pending: HashMap::new(),
+                    poisoned: None,
+                    spare: None,
+                }),
+            }),
+            writer: Mutex::new(None),
         })
     }
 
@@ -157,25 +216,44 @@ impl Store {
         &self.dir
     }
 
-    fn check_poisoned(state: &WriteState) -> Result<(), StoreError> {
-        match &state.poisoned {
-            Some(why) => Err(StoreError::Refused(format!(
-                "an earlier pack write failed, nothing more is accepted in this session: {why}"
-            ))),
-            None => Ok(()),
-        }
+    /// Sends a job to the writer thread, starting it on first use. Blocks
+    /// while the queue is full (back-pressure on the backup).
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        let tx = {
+            let mut w = lock(&self.writer);
+            let (tx, _) = w.get_or_insert_with(|| {
+                let (tx, rx) = sync_channel::<Job>(WRITE_QUEUE);
+                let shared = self.shared.clone();
+                let handle = std::thread::Builder::new()
+                    .name("pack-writer".into())
+                    .spawn(move || {
+                        for job in rx {
+                            match job {
+                                Job::Pack {
+                                    name,
+                                    bytes,
+                                    entries,
+                                } => shared.write_pack(name, bytes, entries),
+                                Job::Barrier(done) => {
+                                    let _ = done.send(());
+                                }
+                            }
+                        }
+                    })
+                    .expect("spawning the pack writer thread");
+                (tx, handle)
+            });
+            tx.clone()
+        };
+        tx.send(job)
+            .map_err(|_| StoreError::Refused("the pack writer thread has stopped".into()))
     }
 
-    fn present(&self, state: &WriteState, id: &BlobId) -> Result<bool, StoreError> {
-        Ok(state.pending.contains_key(id) || lock(&self.index).has(id)?)
-    }
-
-    /// Seals the open pack in `slot` (if it has blobs), writes it durably,
-    /// then indexes it. Called without the state lock held.
-    fn flush_slot(&self, slot: Slot) -> Result<(), StoreError> {
-        let (name, bytes, entries) = {
-            let mut st = lock(&self.state);
-            Self::check_poisoned(&st)?;
+    /// Seals the open pack in `slot` (if it has blobs) and queues it.
+    fn seal(&self, slot: Slot) -> Result<(), StoreError> {
+        let job = {
+            let mut st = lock(&self.shared.state);
+            Shared::check_poisoned(&st)?;
             let w = st.writer(slot);
             if w.is_empty() {
                 return Ok(());
@@ -192,29 +270,24 @@ impl Store {
                     },
                 );
             }
-            (name, bytes, entries)
+            Job::Pack {
+                name,
+                bytes,
+                entries,
+            }
         };
-        let result = self
-            .backend
-            .put(&name, &bytes)
-            .and_then(|()| lock(&self.index).add_pack(&name, bytes.len() as u64, &entries));
-        let mut st = lock(&self.state);
-        for e in &entries {
-            st.pending.remove(&e.id);
-        }
-        if let Ok(buffer) = Arc::try_unwrap(bytes) {
-            st.spare = Some(buffer);
-        }
-        if let Err(e) = &result {
-            st.poisoned = Some(format!("pack {name}: {e}"));
-        }
-        result
+        self.send(job)
     }
 
-    /// Makes every blob put so far durable and indexed.
+    /// Makes every blob put so far durable and indexed, or reports why not.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.flush_slot(Slot::Data)?;
-        self.flush_slot(Slot::Tree)
+        self.seal(Slot::Data)?;
+        self.seal(Slot::Tree)?;
+        let (done, wait) = std::sync::mpsc::channel();
+        self.send(Job::Barrier(done))?;
+        wait.recv()
+            .map_err(|_| StoreError::Refused("the pack writer thread has stopped".into()))?;
+        Shared::check_poisoned(&lock(&self.shared.state))
     }
 
     fn verify_upload(
@@ -238,14 +311,25 @@ impl Store {
     }
 }
 
+impl Drop for Store {
+    /// Lets queued packs finish: blobs a caller was told are stored are not
+    /// silently dropped (they only become visible to others once indexed).
+    fn drop(&mut self) {
+        if let Some((tx, handle)) = lock(&self.writer).take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+}
+
 impl Repository for Store {
     fn config(&self) -> &StoreConfig {
         &self.config
     }
 
     fn has_blobs(&self, ids: &[BlobId]) -> Result<Vec<bool>, StoreError> {
-        let st = lock(&self.state);
-        ids.iter().map(|id| self.present(&st, id)).collect()
+        let st = lock(&self.shared.state);
+        ids.iter().map(|id| self.shared.present(&st, id)).collect()
     }
 
     fn put_blob(&self, id: BlobId, kind: BlobKind, encoded: &[u8]) -> Result<bool, StoreError> {
@@ -262,16 +346,16 @@ impl Repository for Store {
             Slot::Tree
         };
         let full = {
-            let mut st = lock(&self.state);
-            Self::check_poisoned(&st)?;
-            if self.present(&st, &id)? {
+            let mut st = lock(&self.shared.state);
+            Shared::check_poisoned(&st)?;
+            if self.shared.present(&st, &id)? {
                 return Ok(false);
             }
             // A tree may only name blobs the store already holds; trees are
             // uploaded bottom-up, so a snapshot's root transitively covers all.
             if let Some(tree) = &tree {
                 for r in tree.references() {
-                    if !self.present(&st, &r)? {
+                    if !self.shared.present(&st, &r)? {
                         return Err(StoreError::Refused(format!(
                             "tree {id} references blob {r}, which the store lacks"
                         )));
@@ -286,6 +370,7 @@ impl Repository for Store {
             if st.writer(slot).is_empty() {
                 // First blob of a new pack: reserve once for the whole pack.
                 let mut buffer = st.spare.take().unwrap_or_default();
+                buffer.clear();
                 buffer.reserve(target + encoded.len().max(blob::MAX_CHUNK_HINT));
                 *st.writer(slot) = PackWriter::reusing(buffer);
             }
@@ -303,32 +388,36 @@ impl Repository for Store {
             full
         };
         if full {
-            self.flush_slot(slot)?;
+            self.seal(slot)?;
         }
         Ok(true)
     }
 
     fn get_blob(&self, id: BlobId, kind: BlobKind) -> Result<Vec<u8>, StoreError> {
-        let pending = lock(&self.state).pending.get(&id).cloned();
-        let encoded = match pending {
-            Some(Pending::Open {
-                slot,
-                offset,
-                length,
-            }) => {
-                let mut st = lock(&self.state);
-                st.writer(slot).slice(offset, length).to_vec()
+        let encoded = {
+            let mut st = lock(&self.shared.state);
+            match st.pending.get(&id).cloned() {
+                Some(Pending::Open {
+                    slot,
+                    offset,
+                    length,
+                }) => Some(st.writer(slot).slice(offset, length).to_vec()),
+                Some(Pending::Sealed {
+                    pack,
+                    offset,
+                    length,
+                }) => Some(pack[offset as usize..offset as usize + length as usize].to_vec()),
+                None => None,
             }
-            Some(Pending::Sealed {
-                pack,
-                offset,
-                length,
-            }) => pack[offset as usize..offset as usize + length as usize].to_vec(),
+        };
+        let encoded = match encoded {
+            Some(e) => e,
             None => {
-                let loc = lock(&self.index)
+                let loc = lock(&self.shared.index)
                     .locate(&id)?
                     .ok_or(StoreError::Missing(id))?;
-                self.backend
+                self.shared
+                    .backend
                     .read_at(&loc.pack, loc.offset, loc.length as usize)?
             }
         };
@@ -343,12 +432,12 @@ impl Repository for Store {
             .encode(BlobKind::Snapshot, &encoded);
         self.put_blob(id.into(), BlobKind::Snapshot, &blob)?;
         self.flush()?;
-        lock(&self.index).add_snapshot(&id, snapshot, &encoded)?;
+        lock(&self.shared.index).add_snapshot(&id, snapshot, &encoded)?;
         Ok(id)
     }
 
     fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError> {
-        lock(&self.index).snapshots()
+        lock(&self.shared.index).snapshots()
     }
 }
 
@@ -423,7 +512,7 @@ mod tests {
         );
         assert_eq!(store.snapshots().unwrap()[0].0, sid);
         // 1000 blobs, one data pack and one tree pack.
-        assert_eq!(store.backend.list().unwrap().len(), 2);
+        assert_eq!(store.shared.backend.list().unwrap().len(), 2);
     }
 
     #[test]
@@ -459,7 +548,10 @@ mod tests {
         let data = vec![7u8; 1000];
         let id = chunk(&store, &data);
         store.flush().unwrap();
-        let loc = lock(&store.index).locate(&id.into()).unwrap().unwrap();
+        let loc = lock(&store.shared.index)
+            .locate(&id.into())
+            .unwrap()
+            .unwrap();
         let path = dir
             .path()
             .join("packs")

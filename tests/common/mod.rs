@@ -33,11 +33,25 @@ pub fn bin() -> PathBuf {
 /// silently: a missing tool is a broken test environment.
 pub fn require_tool(tool: &str) {
     if find_in_path(tool).is_none() {
+        install_test_deps_once();
+    }
+    if find_in_path(tool).is_none() {
         panic!(
             "required test tool `{tool}` was not found on PATH; \
              run `bash {INSTALL_SCRIPT}` (as root) to install the test dependencies"
         );
     }
+}
+
+/// On a fresh machine `cargo test --workspace` installs what it needs:
+/// the project's own script, run once per test binary.
+fn install_test_deps_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(INSTALL_SCRIPT);
+        let status = Command::new("bash").arg(&script).status();
+        eprintln!("ran {}: {status:?}", script.display());
+    });
 }
 
 pub fn require_tools(tools: &[&str]) {
@@ -215,13 +229,23 @@ pub struct Homesync {
     pub repo: PathBuf,
     /// Run the binary as this uid/gid (through `setpriv`) instead of root.
     pub as_user: Option<(u32, u32)>,
+    /// `XDG_CACHE_HOME` for the binary (where the file-state cache lives):
+    /// by default a `cache` directory beside the store, so tests neither
+    /// share a cache nor touch the real user's.
+    pub cache_home: PathBuf,
 }
 
 impl Homesync {
     pub fn new(repo: impl Into<PathBuf>) -> Self {
+        let repo = repo.into();
+        let cache_home = repo
+            .parent()
+            .expect("store path has a parent")
+            .join("cache");
         Homesync {
-            repo: repo.into(),
+            repo,
             as_user: None,
+            cache_home,
         }
     }
 
@@ -247,6 +271,7 @@ impl Homesync {
         }
         cmd.args(&full)
             .env_remove("HOMESYNC_REPO")
+            .env("XDG_CACHE_HOME", &self.cache_home)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
