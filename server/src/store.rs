@@ -418,7 +418,23 @@ impl Repository for Store {
                     .ok_or(StoreError::Missing(id))?;
                 self.shared
                     .backend
-                    .read_at(&loc.pack, loc.offset, loc.length as usize)?
+                    .read_at(&loc.pack, loc.offset, loc.length as usize)
+                    .map_err(|e| match e {
+                        // The index names bytes the pack does not have: the
+                        // pack is damaged (truncated or deleted).
+                        StoreError::Io { context, source }
+                            if matches!(
+                                source.kind(),
+                                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::NotFound
+                            ) =>
+                        {
+                            StoreError::CorruptDetail {
+                                id,
+                                detail: format!("{context}: {source}"),
+                            }
+                        }
+                        e => e,
+                    })?
             }
         };
         blob::decode_verified(&encoded, id, kind)
@@ -563,6 +579,37 @@ mod tests {
         let err = store.get_blob(id.into(), BlobKind::Chunk).unwrap_err();
         assert!(err.is_corruption());
         assert!(err.to_string().contains(&id.to_hex()), "{err}");
+    }
+
+    #[test]
+    fn a_truncated_or_missing_pack_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path(), ChunkerParams::default(), 3).unwrap();
+        let id = chunk(&store, &[5u8; 5000]);
+        store.flush().unwrap();
+        let loc = lock(&store.shared.index)
+            .locate(&id.into())
+            .unwrap()
+            .unwrap();
+        let path = dir
+            .path()
+            .join("packs")
+            .join(&loc.pack[..2])
+            .join(&loc.pack);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(loc.offset + 3).unwrap();
+        let err = store.get_blob(id.into(), BlobKind::Chunk).unwrap_err();
+        assert!(
+            err.is_corruption() && err.to_string().contains(&id.to_hex()),
+            "{err}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            store
+                .get_blob(id.into(), BlobKind::Chunk)
+                .unwrap_err()
+                .is_corruption()
+        );
     }
 
     #[test]
