@@ -50,11 +50,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// True when the error means stored bytes are damaged (exit code 5).
+    /// True when the error means stored bytes are damaged or lost (exit code
+    /// 5): a blob a committed snapshot references is unreadable or gone.
     pub fn is_corruption(&self) -> bool {
         matches!(
             self,
-            StoreError::Corrupt { .. } | StoreError::CorruptDetail { .. }
+            StoreError::Corrupt { .. } | StoreError::CorruptDetail { .. } | StoreError::Missing(_)
         )
     }
 }
