@@ -13,6 +13,26 @@ pub struct Cli {
     /// Print results as JSON Lines on stdout (no progress bars)
     #[arg(long, global = true)]
     pub json: bool,
+    /// Use the homesync server at HOST:PORT instead of a local store
+    #[arg(long, global = true, env = "HOMESYNC_SERVER", value_name = "HOST:PORT")]
+    pub server: Option<String>,
+    /// The server certificate's fingerprint (printed by `homesync serve`)
+    #[arg(long, global = true, env = "HOMESYNC_FINGERPRINT", value_name = "HEX")]
+    pub fingerprint: Option<String>,
+    /// This machine's credential (from `homesync admin add-machine`), an
+    /// admin credential, or a one-time restore token
+    #[arg(
+        long,
+        global = true,
+        env = "HOMESYNC_CREDENTIAL",
+        value_name = "CREDENTIAL",
+        hide_env_values = true
+    )]
+    pub credential: Option<String>,
+    /// Client config file [default: $HOMESYNC_CONFIG, /etc/homesync/client.toml
+    /// or ~/.config/homesync/client.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -24,13 +44,56 @@ pub enum Command {
     /// Back up directories (default: $HOME), one snapshot each
     Backup(BackupArgs),
     /// List snapshots, oldest first
-    Snapshots,
+    Snapshots {
+        /// Another machine's snapshots (admin credential or restore token)
+        #[arg(long)]
+        machine: Option<String>,
+    },
     /// List the entries of a snapshot, recursively
     Ls(LsArgs),
     /// Restore a snapshot, or paths within it, into a directory
     Restore(RestoreArgs),
     /// Show what changed between two snapshots
     Diff(DiffArgs),
+    /// Run the server: the store behind QUIC for a fleet of machines
+    Serve(ServeArgs),
+    /// Manage machines and credentials of the store at --repo (on the server)
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Save the server address, fingerprint and credential in the client config
+    Login,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Server config file (TOML), e.g. /etc/homesync/server.toml
+    #[arg(long = "server-config", value_name = "FILE")]
+    pub server_config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0:7443, or the config's]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Register a machine and print its credential (shown once)
+    AddMachine {
+        name: String,
+        /// An admin credential: list, restore and delete across machines
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Revoke a machine's credential (effective on its next request)
+    Revoke { name: String },
+    /// List machines
+    Machines,
+    /// Print a one-time token with which a new machine may restore MACHINE's snapshots
+    RestoreToken {
+        machine: String,
+        /// Hours the token stays valid
+        #[arg(long, default_value_t = 72)]
+        hours: u64,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -64,6 +127,9 @@ pub struct BackupArgs {
 pub struct LsArgs {
     /// Snapshot id, id prefix, or `latest`
     pub snapshot: String,
+    /// Another machine's snapshots (admin credential or restore token)
+    #[arg(long)]
+    pub machine: Option<String>,
     /// Path inside the snapshot
     pub path: Option<PathBuf>,
 }
@@ -72,6 +138,9 @@ pub struct LsArgs {
 pub struct RestoreArgs {
     /// Snapshot id, id prefix, or `latest`
     pub snapshot: String,
+    /// Another machine's snapshots (admin credential or restore token)
+    #[arg(long)]
+    pub machine: Option<String>,
     /// Directory to restore into (created if missing)
     #[arg(long, short = 't')]
     pub target: PathBuf,
@@ -84,6 +153,9 @@ pub struct RestoreArgs {
 
 #[derive(Args, Debug)]
 pub struct DiffArgs {
+    /// Another machine's snapshots (admin credential or restore token)
+    #[arg(long)]
+    pub machine: Option<String>,
     pub from: String,
     pub to: String,
 }

@@ -4,15 +4,19 @@
 mod cli;
 mod output;
 mod progress_bar;
+mod serve;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{Cli, Command};
+use cli::{AdminCommand, Cli, Command};
 use homesync_client::backup::{self, BackupOptions};
 use homesync_client::browse;
+use homesync_client::config::ClientConfig;
+use homesync_client::remote::{RemoteOptions, RemoteRepository};
 use homesync_client::restore::{self, RestoreOptions};
 use homesync_client::{ClientError, Progress};
-use homesync_protocol::{ChunkerParams, Repository, StoreError};
+use homesync_protocol::{ChunkerParams, Repository, Snapshot, SnapshotId, StoreError};
+use homesync_server::auth::{Auth, Role};
 use homesync_server::{OpenOptions, Store};
 use output::Out;
 use std::os::unix::ffi::OsStrExt;
@@ -118,12 +122,91 @@ fn xdg(var: &str, fallback: &str) -> PathBuf {
 }
 
 /// The store used when neither `--repo` nor `HOMESYNC_REPO` is given.
-fn default_repo() -> PathBuf {
+pub(crate) fn default_repo() -> PathBuf {
     xdg("XDG_DATA_HOME", ".local/share").join("homesync/store")
 }
 
 fn cache_dir() -> PathBuf {
     xdg("XDG_CACHE_HOME", ".cache").join("homesync")
+}
+
+/// The store a command works on: the embedded one, or a server.
+enum Repo {
+    Local(Store),
+    Remote(RemoteRepository),
+}
+
+impl Repo {
+    fn dyn_repo(&self) -> &dyn Repository {
+        match self {
+            Repo::Local(s) => s,
+            Repo::Remote(r) => r,
+        }
+    }
+
+    /// Snapshots of `machine` (default: all in a local store; this
+    /// machine's, or the token's, on a server).
+    fn snapshots(&self, machine: Option<&str>) -> anyhow::Result<Vec<(SnapshotId, Snapshot)>> {
+        Ok(match self {
+            Repo::Local(s) => s
+                .snapshots()?
+                .into_iter()
+                .filter(|(_, snap)| machine.is_none_or(|m| snap.machine == m))
+                .collect(),
+            Repo::Remote(r) => r.snapshots_of(machine.map(str::to_string))?,
+        })
+    }
+
+    fn resolve(&self, machine: Option<&str>, spec: &str) -> anyhow::Result<(SnapshotId, Snapshot)> {
+        Ok(browse::resolve_in(self.snapshots(machine)?, spec)?)
+    }
+}
+
+/// The client config: `--config`, else the default places; missing is fine.
+fn client_config(cli: &Cli) -> anyhow::Result<Option<(PathBuf, ClientConfig)>> {
+    let path = match &cli.config {
+        Some(p) => p.clone(),
+        None => homesync_client::config::default_path(),
+    };
+    if cli.config.is_none() && !path.exists() {
+        return Ok(None);
+    }
+    let cfg = ClientConfig::load(&path)?;
+    Ok(Some((path, cfg)))
+}
+
+/// Remote settings from flags and environment, falling back to the config.
+fn remote_options(cli: &Cli) -> anyhow::Result<Option<RemoteOptions>> {
+    let cfg = client_config(cli)?.map(|(_, c)| c).unwrap_or_default();
+    let Some(server) = cli.server.clone().or(cfg.server) else {
+        return Ok(None);
+    };
+    let fingerprint = cli.fingerprint.clone().or(cfg.fingerprint).ok_or_else(|| {
+        ClientError::Usage(format!(
+            "no fingerprint for server {server}: pass --fingerprint (printed by `homesync serve`)"
+        ))
+    })?;
+    let credential = cli.credential.clone().or(cfg.credential).ok_or_else(|| {
+        ClientError::Usage(format!(
+            "no credential for server {server}: pass --credential (from `homesync admin add-machine`)"
+        ))
+    })?;
+    Ok(Some(RemoteOptions {
+        server,
+        fingerprint,
+        credential,
+    }))
+}
+
+fn open_repo(cli: &Cli, create_default: bool, out: &Out) -> anyhow::Result<Repo> {
+    if cli.repo.is_none()
+        && let Some(opts) = remote_options(cli)?
+    {
+        let remote =
+            RemoteRepository::connect(&opts).with_context(|| format!("server {}", opts.server))?;
+        return Ok(Repo::Remote(remote));
+    }
+    Ok(Repo::Local(open_store(cli, create_default, out)?))
 }
 
 fn open_store(cli: &Cli, create_default: bool, out: &Out) -> anyhow::Result<Store> {
@@ -155,15 +238,28 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Backup(a) => {
-            let store = open_store(cli, true, &out)?;
-            let mut patterns = a.exclude.clone();
+            let repo = open_repo(cli, true, &out)?;
+            let cfg = client_config(cli)?.map(|(_, c)| c).unwrap_or_default();
+            let mut patterns = cfg.exclude.clone();
+            patterns.extend(a.exclude.iter().cloned());
             for f in &a.exclude_file {
                 patterns.extend(homesync_client::exclude::Excludes::read_file(f)?);
             }
-            let paths = if a.paths.is_empty() {
-                vec![home()]
-            } else {
-                a.paths.clone()
+            let paths = match (a.paths.is_empty(), cfg.paths.is_empty()) {
+                (false, _) => a.paths.clone(),
+                (true, false) => cfg.paths.clone(),
+                (true, true) => vec![home()],
+            };
+            let (machine, skip) = match &repo {
+                // A server records snapshots under the credential's machine.
+                Repo::Remote(r) => (r.machine().to_string(), vec![]),
+                Repo::Local(s) => (
+                    a.machine
+                        .clone()
+                        .or(cfg.machine)
+                        .unwrap_or_else(backup::default_machine),
+                    vec![s.dir().to_path_buf()],
+                ),
             };
             let mut code = exit::OK;
             for path in paths {
@@ -172,15 +268,15 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
                     excludes: patterns.clone(),
                     default_excludes: !a.no_default_excludes,
                     one_file_system: !a.cross_file_systems,
-                    machine: a.machine.clone().unwrap_or_else(backup::default_machine),
+                    machine: machine.clone(),
                     tags: a.tag.clone(),
                     cache_dir: (!a.no_cache).then(cache_dir),
-                    skip: vec![store.dir().to_path_buf()],
+                    skip: skip.clone(),
                 };
                 let progress = std::sync::Arc::new(Progress::default());
                 let bar = progress_bar::start(&progress, !cli.json, "backing up");
                 let started = std::time::Instant::now();
-                let report = backup::backup(&store, &opts, &progress);
+                let report = backup::backup(repo.dyn_repo(), &opts, &progress);
                 bar.finish();
                 let report = report.with_context(|| format!("backing up {}", path.display()))?;
                 for e in &report.errors {
@@ -193,27 +289,27 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             }
             Ok(code)
         }
-        Command::Snapshots => {
-            let store = open_store(cli, false, &out)?;
-            out.snapshots(&store.snapshots()?);
+        Command::Snapshots { machine } => {
+            let repo = open_repo(cli, false, &out)?;
+            out.snapshots(&repo.snapshots(machine.as_deref())?);
             Ok(exit::OK)
         }
         Command::Ls(a) => {
-            let store = open_store(cli, false, &out)?;
-            let (_, snap) = browse::resolve(&store, &a.snapshot)?;
+            let repo = open_repo(cli, false, &out)?;
+            let (_, snap) = repo.resolve(a.machine.as_deref(), &a.snapshot)?;
             let rel = a
                 .path
                 .as_ref()
                 .map(|p| p.as_os_str().as_bytes().to_vec())
                 .unwrap_or_default();
-            let node = browse::find(&store, &snap, &rel)?;
+            let node = browse::find(repo.dyn_repo(), &snap, &rel)?;
             let start = browse::split_path(&rel)?.join(&b'/');
-            browse::walk(&store, start, &node, &mut |p, n| out.node(p, n))?;
+            browse::walk(repo.dyn_repo(), start, &node, &mut |p, n| out.node(p, n))?;
             Ok(exit::OK)
         }
         Command::Restore(a) => {
-            let store = open_store(cli, false, &out)?;
-            let (_, snap) = browse::resolve(&store, &a.snapshot)?;
+            let repo = open_repo(cli, false, &out)?;
+            let (_, snap) = repo.resolve(a.machine.as_deref(), &a.snapshot)?;
             let opts = RestoreOptions {
                 target: a.target.clone(),
                 paths: a
@@ -226,7 +322,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             let progress = std::sync::Arc::new(Progress::default());
             let bar = progress_bar::start(&progress, !cli.json, "restoring");
             let started = std::time::Instant::now();
-            let report = restore::restore(&store, &snap, &opts, &progress);
+            let report = restore::restore(repo.dyn_repo(), &snap, &opts, &progress);
             bar.finish();
             let report = report?;
             for w in &report.warnings {
@@ -245,10 +341,70 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             })
         }
         Command::Diff(a) => {
-            let store = open_store(cli, false, &out)?;
-            let (_, x) = browse::resolve(&store, &a.from)?;
-            let (_, y) = browse::resolve(&store, &a.to)?;
-            browse::diff(&store, &x.root, &y.root, &mut |c, p, n| out.change(c, p, n))?;
+            let repo = open_repo(cli, false, &out)?;
+            let (_, x) = repo.resolve(a.machine.as_deref(), &a.from)?;
+            let (_, y) = repo.resolve(a.machine.as_deref(), &a.to)?;
+            browse::diff(repo.dyn_repo(), &x.root, &y.root, &mut |c, p, n| {
+                out.change(c, p, n)
+            })?;
+            Ok(exit::OK)
+        }
+        Command::Serve(a) => serve::run(cli, a, &out),
+        Command::Admin(cmd) => {
+            let store_dir = cli.repo.clone().unwrap_or_else(default_repo);
+            if !store_dir.join("config").exists() {
+                return Err(StoreError::NotFound(store_dir.display().to_string()).into());
+            }
+            let auth = Auth::open(&store_dir.join("index.sqlite"))?;
+            match cmd {
+                AdminCommand::AddMachine { name, admin } => {
+                    let role = if *admin { Role::Admin } else { Role::Machine };
+                    let credential = auth.add_machine(name, role)?;
+                    out.credential(name, role.as_str(), &credential);
+                }
+                AdminCommand::Revoke { name } => {
+                    auth.revoke(name)?;
+                    out.note(&format!("revoked the credential of {name}"));
+                }
+                AdminCommand::Machines => out.machines(&auth.list_machines()?),
+                AdminCommand::RestoreToken { machine, hours } => {
+                    let token = auth.issue_restore_token(
+                        machine,
+                        std::time::Duration::from_secs(hours * 3600),
+                    )?;
+                    out.credential(machine, "restore", &token);
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Login => {
+            let opts = remote_options(cli)?.ok_or_else(|| {
+                ClientError::Usage("login needs --server, --fingerprint and --credential".into())
+            })?;
+            // Prove the settings work before saving them.
+            let remote = RemoteRepository::connect(&opts)
+                .with_context(|| format!("server {}", opts.server))?;
+            let (path, mut cfg) = match client_config(cli)? {
+                Some(pc) => pc,
+                None => (
+                    cli.config
+                        .clone()
+                        .unwrap_or_else(homesync_client::config::default_path),
+                    ClientConfig::default(),
+                ),
+            };
+            cfg.server = Some(opts.server.clone());
+            cfg.fingerprint = Some(opts.fingerprint.clone());
+            cfg.credential = Some(opts.credential.clone());
+            cfg.machine = Some(remote.machine().to_string());
+            cfg.save(&path)?;
+            out.note(&format!(
+                "logged in to {} as {} ({}); settings saved in {}",
+                opts.server,
+                remote.machine(),
+                remote.role(),
+                path.display()
+            ));
             Ok(exit::OK)
         }
     }

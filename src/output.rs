@@ -275,6 +275,45 @@ impl Out {
         }
     }
 
+    pub fn listening(&self, addr: &std::net::SocketAddr, fingerprint: &str, store: &Path) {
+        if self.json {
+            self.line(json!({"message_type": "listening", "address": addr.to_string(), "fingerprint": fingerprint, "store": store.display().to_string()}));
+        } else {
+            println!(
+                "homesync server listening on {addr} (store {})",
+                store.display()
+            );
+            println!("certificate fingerprint: {fingerprint}");
+        }
+    }
+
+    /// A credential or token: printed once, on stdout only.
+    pub fn credential(&self, machine: &str, role: &str, credential: &str) {
+        if self.json {
+            self.line(json!({"message_type": "credential", "machine": machine, "role": role, "credential": credential}));
+        } else {
+            println!("{credential}");
+            eprintln!(
+                "({role} credential for {machine}: shown once, the server keeps only its hash)"
+            );
+        }
+    }
+
+    pub fn machines(&self, all: &[homesync_server::auth::MachineInfo]) {
+        for m in all {
+            let state = if m.revoked.is_some() {
+                "revoked"
+            } else {
+                "active"
+            };
+            if self.json {
+                self.line(json!({"message_type": "machine", "name": m.name, "role": m.role.as_str(), "created": m.created, "state": state}));
+            } else {
+                println!("{:<24} {:<8} {state}", m.name, m.role.as_str());
+            }
+        }
+    }
+
     pub fn change(&self, c: Change, path: &[u8], n: &Node) {
         if self.json {
             let mut m = Map::new();

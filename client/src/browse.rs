@@ -9,11 +9,18 @@ use homesync_protocol::{
 /// Finds the snapshot named by `spec`: `latest`, a full id, or a unique
 /// prefix of at least 4 hex digits.
 pub fn resolve(repo: &dyn Repository, spec: &str) -> Result<(SnapshotId, Snapshot), ClientError> {
-    let all = repo.snapshots()?;
+    resolve_in(repo.snapshots()?, spec)
+}
+
+/// [`resolve`] among the given snapshots.
+pub fn resolve_in(
+    all: Vec<(SnapshotId, Snapshot)>,
+    spec: &str,
+) -> Result<(SnapshotId, Snapshot), ClientError> {
     if spec == "latest" {
         return all.into_iter().max_by_key(|(_, s)| s.time).ok_or_else(|| {
             ClientError::Store(StoreError::NoSnapshot(
-                "latest (the store has no snapshots)".into(),
+                "latest (there are no snapshots)".into(),
             ))
         });
     }

@@ -6,12 +6,14 @@
 
 pub mod backup;
 pub mod browse;
+pub mod config;
 pub mod error;
 pub mod exclude;
 pub mod filecache;
 pub mod meta;
 pub mod owners;
 pub mod progress;
+pub mod remote;
 pub mod restore;
 pub mod scan;
 

@@ -10,6 +10,7 @@ pub mod id;
 pub mod repository;
 pub mod snapshot;
 pub mod tree;
+pub mod wire;
 
 pub use blob::{Blob, BlobEncoder, BlobError, BlobKind, Codec};
 pub use chunker::{ChunkerError, ChunkerParams};

@@ -4,10 +4,13 @@
 //! The embedded default store is this crate used in-process; the QUIC
 //! server puts the same [`Store`] behind the network.
 
+pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod index;
 pub mod pack;
+pub mod serve_config;
+pub mod service;
 pub mod store;
 
 pub use store::{OpenOptions, Store};

@@ -309,6 +309,63 @@ impl Store {
         }
         Ok(None)
     }
+    /// The stored (encoded) bytes of a blob, wherever it is.
+    fn read_encoded(&self, id: BlobId) -> Result<Vec<u8>, StoreError> {
+        let encoded = {
+            let mut st = lock(&self.shared.state);
+            match st.pending.get(&id).cloned() {
+                Some(Pending::Open {
+                    slot,
+                    offset,
+                    length,
+                }) => Some(st.writer(slot).slice(offset, length).to_vec()),
+                Some(Pending::Sealed {
+                    pack,
+                    offset,
+                    length,
+                }) => Some(pack[offset as usize..offset as usize + length as usize].to_vec()),
+                None => None,
+            }
+        };
+        let encoded = match encoded {
+            Some(e) => e,
+            None => {
+                let loc = lock(&self.shared.index)
+                    .locate(&id)?
+                    .ok_or(StoreError::Missing(id))?;
+                self.shared
+                    .backend
+                    .read_at(&loc.pack, loc.offset, loc.length as usize)
+                    .map_err(|e| match e {
+                        // The index names bytes the pack does not have: the
+                        // pack is damaged (truncated or deleted).
+                        StoreError::Io { context, source }
+                            if matches!(
+                                source.kind(),
+                                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::NotFound
+                            ) =>
+                        {
+                            StoreError::CorruptDetail {
+                                id,
+                                detail: format!("{context}: {source}"),
+                            }
+                        }
+                        e => e,
+                    })?
+            }
+        };
+        Ok(encoded)
+    }
+
+    /// The encoded blob, after checking that it decodes to bytes hashing to
+    /// `id`: what the server sends, so the wire carries compressed bytes
+    /// and the store still never hands out a blob it has not verified.
+    pub fn read_blob_verified(&self, id: BlobId, kind: BlobKind) -> Result<Vec<u8>, StoreError> {
+        let encoded = self.read_encoded(id)?;
+        blob::decode_verified(&encoded, id, kind)
+            .map_err(|source| StoreError::Corrupt { id, source })?;
+        Ok(encoded)
+    }
 }
 
 impl Drop for Store {
@@ -394,49 +451,7 @@ impl Repository for Store {
     }
 
     fn get_blob(&self, id: BlobId, kind: BlobKind) -> Result<Vec<u8>, StoreError> {
-        let encoded = {
-            let mut st = lock(&self.shared.state);
-            match st.pending.get(&id).cloned() {
-                Some(Pending::Open {
-                    slot,
-                    offset,
-                    length,
-                }) => Some(st.writer(slot).slice(offset, length).to_vec()),
-                Some(Pending::Sealed {
-                    pack,
-                    offset,
-                    length,
-                }) => Some(pack[offset as usize..offset as usize + length as usize].to_vec()),
-                None => None,
-            }
-        };
-        let encoded = match encoded {
-            Some(e) => e,
-            None => {
-                let loc = lock(&self.shared.index)
-                    .locate(&id)?
-                    .ok_or(StoreError::Missing(id))?;
-                self.shared
-                    .backend
-                    .read_at(&loc.pack, loc.offset, loc.length as usize)
-                    .map_err(|e| match e {
-                        // The index names bytes the pack does not have: the
-                        // pack is damaged (truncated or deleted).
-                        StoreError::Io { context, source }
-                            if matches!(
-                                source.kind(),
-                                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::NotFound
-                            ) =>
-                        {
-                            StoreError::CorruptDetail {
-                                id,
-                                detail: format!("{context}: {source}"),
-                            }
-                        }
-                        e => e,
-                    })?
-            }
-        };
+        let encoded = self.read_encoded(id)?;
         blob::decode_verified(&encoded, id, kind)
             .map_err(|source| StoreError::Corrupt { id, source })
     }

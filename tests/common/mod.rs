@@ -340,7 +340,7 @@ impl Homesync {
     }
 }
 
-fn shell_quote(a: &OsStr) -> String {
+pub fn shell_quote(a: &OsStr) -> String {
     let s = a.to_string_lossy();
     if !s.is_empty()
         && s.bytes()
@@ -354,7 +354,7 @@ fn shell_quote(a: &OsStr) -> String {
 
 /// Spawns `cmd`, collects stdout/stderr on threads, and kills it after
 /// `timeout`.
-fn run_with_timeout(mut cmd: Command, timeout: Duration, what: &str) -> (i32, String, String) {
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration, what: &str) -> (i32, String, String) {
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("could not start {what}: {e}"));

@@ -1,0 +1,367 @@
+//! A store on a homesync server, reached over QUIC: the second
+//! implementation of [`Repository`], so the backup and restore engine runs
+//! unchanged against a remote store.
+//!
+//! The engine is synchronous (rayon workers); each call here runs one
+//! request on its own QUIC stream of a shared connection, so the workers'
+//! calls travel in parallel. The server's certificate is pinned by its
+//! BLAKE3 fingerprint: no CA, and nothing else is accepted.
+
+use crate::error::ClientError;
+use homesync_protocol::wire::{self, ErrorCode, Request, Response};
+use homesync_protocol::{
+    BlobId, BlobKind, Repository, Snapshot, SnapshotId, StoreConfig, StoreError, blob,
+};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+/// Where and how to reach a server.
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// `host:port`.
+    pub server: String,
+    /// 64 hex digits: BLAKE3 of the server certificate (DER).
+    pub fingerprint: String,
+    /// Machine or admin credential, or a one-time restore token.
+    pub credential: String,
+}
+
+pub struct RemoteRepository {
+    runtime: tokio::runtime::Runtime,
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    config: StoreConfig,
+    machine: String,
+    role: String,
+}
+
+/// Accepts exactly the certificate whose BLAKE3 is the pinned fingerprint.
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: [u8; 32],
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if blake3::hash(end_entity.as_ref()).as_bytes() == &self.fingerprint {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the server's certificate has fingerprint {}, not the pinned one",
+                blake3::hash(end_entity.as_ref()).to_hex()
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+fn refused(msg: impl Into<String>) -> StoreError {
+    StoreError::Refused(msg.into())
+}
+
+/// A server error as the engine's error type.
+fn from_wire(code: ErrorCode, message: String, id: Option<BlobId>) -> StoreError {
+    match (code, id) {
+        (ErrorCode::NotFound, Some(id)) => StoreError::Missing(id),
+        (ErrorCode::NotFound, None) => StoreError::NoSnapshot(message),
+        (ErrorCode::Corrupt, Some(id)) => StoreError::CorruptDetail {
+            id,
+            detail: format!("server: {message}"),
+        },
+        _ => refused(format!("server: {code:?}: {message}")),
+    }
+}
+
+fn parse_fingerprint(hex: &str) -> Result<[u8; 32], ClientError> {
+    hex.parse::<BlobId>()
+        .map(|b| b.0)
+        .map_err(|_| ClientError::Usage(format!("fingerprint {hex:?} is not 64 hex digits")))
+}
+
+impl RemoteRepository {
+    /// Connects, pins the certificate, and opens the session with `Hello`.
+    pub fn connect(opts: &RemoteOptions) -> Result<RemoteRepository, ClientError> {
+        let fingerprint = parse_fingerprint(&opts.fingerprint)?;
+        let addr: SocketAddr = opts
+            .server
+            .to_socket_addrs()
+            .map_err(|e| ClientError::Usage(format!("server address {:?}: {e}", opts.server)))?
+            .next()
+            .ok_or_else(|| {
+                ClientError::Usage(format!(
+                    "server address {:?} resolves to nothing",
+                    opts.server
+                ))
+            })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("quic")
+            .enable_all()
+            .build()
+            .map_err(|source| ClientError::Io {
+                path: "tokio runtime".into(),
+                source,
+            })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(Pinned {
+            fingerprint,
+            algorithms: provider.signature_verification_algorithms,
+        });
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| refused(format!("TLS setup: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| refused(format!("TLS setup: {e}")))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        // Keep a quiet session (a long scan) alive through NATs.
+        transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
+        config.transport_config(Arc::new(transport));
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .expect("literal");
+        let _guard = runtime.enter();
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| ClientError::Io {
+            path: "QUIC client socket".into(),
+            source,
+        })?;
+        endpoint.set_default_client_config(config);
+        let conn = runtime
+            .block_on(async {
+                let connecting = endpoint
+                    .connect(addr, "homesync")
+                    .map_err(|e| e.to_string())?;
+                connecting.await.map_err(|e| e.to_string())
+            })
+            .map_err(|e| refused(format!("connecting to {addr}: {e}")))?;
+        let hello = Request::Hello {
+            version: wire::PROTOCOL_VERSION,
+            credential: opts.credential.clone(),
+        };
+        let reply = runtime.block_on(call(&conn, &hello))?;
+        let Response::Welcome {
+            store_id,
+            chunker,
+            zstd_level,
+            machine,
+            role,
+            ..
+        } = reply
+        else {
+            return Err(match reply {
+                Response::Error { code, message } => from_wire(code, message, None).into(),
+                other => refused(format!("unexpected answer to Hello: {other:?}")).into(),
+            });
+        };
+        chunker
+            .validate()
+            .map_err(|e| refused(format!("server's chunker: {e}")))?;
+        drop(_guard);
+        Ok(RemoteRepository {
+            runtime,
+            endpoint,
+            conn,
+            config: StoreConfig {
+                id: store_id,
+                chunker,
+                zstd_level,
+            },
+            machine,
+            role,
+        })
+    }
+
+    /// The machine the credential belongs to (snapshots are recorded under it).
+    pub fn machine(&self) -> &str {
+        &self.machine
+    }
+
+    /// "machine", "admin" or "restore".
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    /// Snapshots of `machine` (an admin's or restore token's view of another machine).
+    pub fn snapshots_of(
+        &self,
+        machine: Option<String>,
+    ) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError> {
+        match self.request(&Request::Snapshots { machine }, None)? {
+            Response::Snapshots { list } => list
+                .into_iter()
+                .map(|bytes| {
+                    let id = SnapshotId::of(&bytes);
+                    Snapshot::decode(&bytes)
+                        .map(|s| (id, s))
+                        .map_err(|e| refused(format!("server sent a bad snapshot: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|mut v| {
+                    v.sort_by_key(|(id, s)| (s.time, *id));
+                    v
+                }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Moves the connection to a new local socket (a laptop changing
+    /// networks); QUIC carries the session over.
+    pub fn rebind(&self) -> Result<(), ClientError> {
+        let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal");
+        let socket = std::net::UdpSocket::bind(bind).map_err(|source| ClientError::Io {
+            path: "QUIC client socket".into(),
+            source,
+        })?;
+        let _guard = self.runtime.enter();
+        self.endpoint
+            .rebind(socket)
+            .map_err(|source| ClientError::Io {
+                path: "QUIC client socket".into(),
+                source,
+            })
+    }
+
+    fn request(&self, req: &Request, id: Option<BlobId>) -> Result<Response, StoreError> {
+        match self.runtime.block_on(call(&self.conn, req))? {
+            Response::Error { code, message } => Err(from_wire(code, message, id)),
+            r => Ok(r),
+        }
+    }
+}
+
+fn unexpected(r: Response) -> StoreError {
+    refused(format!(
+        "unexpected answer from the server: {:?}",
+        std::mem::discriminant(&r)
+    ))
+}
+
+/// One request on its own stream.
+async fn call(conn: &quinn::Connection, req: &Request) -> Result<Response, StoreError> {
+    let lost = |e: &dyn std::fmt::Display| refused(format!("connection to the server lost: {e}"));
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+    send.write_all(&req.encode()).await.map_err(|e| lost(&e))?;
+    send.finish().map_err(|e| lost(&e))?;
+    let bytes = recv
+        .read_to_end(wire::MAX_FRAME + 4)
+        .await
+        .map_err(|e| lost(&e))?;
+    Response::decode(&bytes).map_err(|e| refused(format!("malformed answer from the server: {e}")))
+}
+
+impl Drop for RemoteRepository {
+    fn drop(&mut self) {
+        self.conn.close(0u32.into(), b"done");
+        let endpoint = self.endpoint.clone();
+        self.runtime.block_on(async move {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+        });
+    }
+}
+
+impl Repository for RemoteRepository {
+    fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn has_blobs(&self, ids: &[BlobId]) -> Result<Vec<bool>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(wire::MAX_HAS_BATCH) {
+            match self.request(
+                &Request::Has {
+                    ids: batch.to_vec(),
+                },
+                None,
+            )? {
+                Response::Has { present } if present.len() == batch.len() => out.extend(present),
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_blob(&self, id: BlobId, kind: BlobKind, encoded: &[u8]) -> Result<bool, StoreError> {
+        let req = Request::Put {
+            id,
+            kind: kind as u8,
+            blob: encoded.to_vec(),
+        };
+        match self.request(&req, Some(id))? {
+            Response::Put { stored } => Ok(stored),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn get_blob(&self, id: BlobId, kind: BlobKind) -> Result<Vec<u8>, StoreError> {
+        match self.request(
+            &Request::Get {
+                id,
+                kind: kind as u8,
+            },
+            Some(id),
+        )? {
+            // The server verified it; so do we: the network is not trusted either.
+            Response::Blob { blob } => blob::decode_verified(&blob, id, kind)
+                .map_err(|source| StoreError::Corrupt { id, source }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn commit_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId, StoreError> {
+        match self.request(
+            &Request::Commit {
+                snapshot: snapshot.encode(),
+            },
+            None,
+        )? {
+            Response::Committed { id } if id == snapshot.id() => Ok(id),
+            Response::Committed { id } => Err(refused(format!(
+                "server committed {id}, not {}",
+                snapshot.id()
+            ))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError> {
+        self.snapshots_of(None)
+    }
+}

@@ -1,0 +1,426 @@
+//! The wire protocol, sans I/O: messages, framing and the session's order
+//! rules. The QUIC code in the client and server only moves bytes; every
+//! decision about what bytes mean lives here, where it is property-tested.
+//!
+//! Transport (ALPN `homesync/1`): one QUIC connection per client session;
+//! every request opens its own bidirectional stream, sends one request
+//! frame, finishes its side, and reads one response frame. Parallel requests
+//! are parallel streams; the server bounds how many a connection may open,
+//! which is the back-pressure. The first request of a connection must be
+//! `Hello`.
+//!
+//! Frame: `u32` little-endian payload length, then the payload: one
+//! format-version byte (1) and the postcard encoding of a [`Request`] or
+//! [`Response`]. Lengths above [`MAX_FRAME`] are refused before anything is
+//! buffered.
+
+use crate::blob::MAX_PLAIN_LEN;
+use crate::chunker::ChunkerParams;
+use crate::id::{BlobId, SnapshotId};
+use crate::tree::{FormatError, decode_versioned, encode_versioned};
+use serde::{Deserialize, Serialize};
+
+/// QUIC application protocol name; a change of it is a new protocol.
+pub const ALPN: &[u8] = b"homesync/1";
+/// Checked in `Hello`: both sides must speak the same version.
+pub const PROTOCOL_VERSION: u32 = 1;
+const FRAME_VERSION: u8 = 1;
+/// The largest frame: a maximal blob plus room for the message around it.
+pub const MAX_FRAME: usize = MAX_PLAIN_LEN + (1 << 20);
+/// At most this many ids per `Has` request.
+pub const MAX_HAS_BATCH: usize = 65_536;
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Opens the session: protocol version and credential (a machine
+    /// credential, an admin credential or a one-time restore token).
+    Hello { version: u32, credential: String },
+    /// Which of these blobs does the store hold?
+    Has { ids: Vec<BlobId> },
+    /// Store an encoded blob (see [`crate::blob`]); the server re-hashes it.
+    Put {
+        id: BlobId,
+        kind: u8,
+        #[serde(with = "serde_bytes")]
+        blob: Vec<u8>,
+    },
+    /// The encoded blob; the client verifies it.
+    Get { id: BlobId, kind: u8 },
+    /// Record an encoded snapshot, after every blob it references.
+    Commit {
+        #[serde(with = "serde_bytes")]
+        snapshot: Vec<u8>,
+    },
+    /// Snapshots visible to the session (its own machine's, or those of
+    /// `machine` for an admin; a restore token sees its machine's).
+    Snapshots { machine: Option<String> },
+}
+
+/// Why a request failed. Stable numbers: clients map them to exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// Malformed, oversized or out-of-order message.
+    BadRequest = 1,
+    /// The peer speaks another protocol version.
+    Version = 2,
+    /// Unknown or revoked credential, or no `Hello` yet.
+    Unauthenticated = 3,
+    /// Authenticated, but not allowed to do this.
+    Forbidden = 4,
+    /// No such blob or snapshot.
+    NotFound = 5,
+    /// Stored or uploaded bytes fail their hash check.
+    Corrupt = 6,
+    /// The store refused (e.g. a tree naming a missing blob).
+    Refused = 7,
+    /// The server failed (I/O, full disk); the request may be retried.
+    Internal = 8,
+}
+
+/// What the server answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Welcome {
+        version: u32,
+        store_id: String,
+        chunker: ChunkerParams,
+        zstd_level: i32,
+        /// The machine the credential belongs to.
+        machine: String,
+        /// "machine", "admin" or "restore".
+        role: String,
+    },
+    Has {
+        present: Vec<bool>,
+    },
+    Put {
+        stored: bool,
+    },
+    Blob {
+        #[serde(with = "serde_bytes")]
+        blob: Vec<u8>,
+    },
+    Committed {
+        id: SnapshotId,
+    },
+    Snapshots {
+        /// Encoded snapshots (each checked against its id by the client).
+        list: Vec<serde_bytes::ByteBuf>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame of {0} bytes is over the limit of {MAX_FRAME}")]
+    TooLarge(u64),
+    #[error("frame is truncated: {have} of {need} bytes")]
+    Truncated { have: usize, need: usize },
+    #[error("{0} bytes after the frame")]
+    Trailing(usize),
+    #[error("malformed message: {0}")]
+    Format(#[from] FormatError),
+    #[error("`Has` with {0} ids, over the limit of {MAX_HAS_BATCH}")]
+    BatchTooLarge(usize),
+}
+
+fn frame(payload: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// The payload length a frame header announces, refused if over the limit.
+/// Call as soon as 4 bytes have arrived, before buffering the rest.
+pub fn frame_len(header: [u8; 4]) -> Result<usize, WireError> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge(len as u64));
+    }
+    Ok(len)
+}
+
+fn payload(bytes: &[u8]) -> Result<&[u8], WireError> {
+    let header: [u8; 4] =
+        bytes
+            .get(..4)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(WireError::Truncated {
+                have: bytes.len(),
+                need: 4,
+            })?;
+    let len = frame_len(header)?;
+    let body = &bytes[4..];
+    if body.len() < len {
+        return Err(WireError::Truncated {
+            have: body.len(),
+            need: len,
+        });
+    }
+    if body.len() > len {
+        return Err(WireError::Trailing(body.len() - len));
+    }
+    Ok(body)
+}
+
+impl Request {
+    pub fn encode(&self) -> Vec<u8> {
+        frame(encode_versioned(FRAME_VERSION, self))
+    }
+
+    /// Decodes exactly one frame holding a request.
+    pub fn decode(bytes: &[u8]) -> Result<Request, WireError> {
+        let req: Request = decode_versioned(FRAME_VERSION, payload(bytes)?)?;
+        if let Request::Has { ids } = &req
+            && ids.len() > MAX_HAS_BATCH
+        {
+            return Err(WireError::BatchTooLarge(ids.len()));
+        }
+        Ok(req)
+    }
+
+    /// The message's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "Hello",
+            Request::Has { .. } => "Has",
+            Request::Put { .. } => "Put",
+            Request::Get { .. } => "Get",
+            Request::Commit { .. } => "Commit",
+            Request::Snapshots { .. } => "Snapshots",
+        }
+    }
+}
+
+impl Response {
+    pub fn encode(&self) -> Vec<u8> {
+        frame(encode_versioned(FRAME_VERSION, self))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Response, WireError> {
+        Ok(decode_versioned(FRAME_VERSION, payload(bytes)?)?)
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The order rules of one session, as a state machine: `Hello` first and
+/// once; everything else only after a successful `Hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Session<P> {
+    #[default]
+    AwaitHello,
+    /// Authenticated as `P` (the server's idea of who the peer is).
+    Ready(P),
+    /// A failed `Hello` ends the session: the connection is closed.
+    Closed,
+}
+
+impl<P: Clone> Session<P> {
+    /// Whether `req` may be served now. On `Ok(None)` the request is a
+    /// `Hello` to authenticate (then call [`Session::established`] or
+    /// [`Session::close`]); on `Ok(Some(p))` serve it as `p`.
+    pub fn admit(&self, req: &Request) -> Result<Option<P>, Response> {
+        match (self, req) {
+            (Session::AwaitHello, Request::Hello { version, .. }) => {
+                if *version != PROTOCOL_VERSION {
+                    return Err(Response::error(
+                        ErrorCode::Version,
+                        format!("server speaks protocol {PROTOCOL_VERSION}, client {version}"),
+                    ));
+                }
+                Ok(None)
+            }
+            (Session::AwaitHello, _) => Err(Response::error(
+                ErrorCode::Unauthenticated,
+                "send Hello first",
+            )),
+            (Session::Ready(_), Request::Hello { .. }) => Err(Response::error(
+                ErrorCode::BadRequest,
+                "Hello was already sent",
+            )),
+            (Session::Ready(p), _) => Ok(Some(p.clone())),
+            (Session::Closed, _) => Err(Response::error(
+                ErrorCode::Unauthenticated,
+                "session closed",
+            )),
+        }
+    }
+
+    pub fn established(&mut self, principal: P) {
+        *self = Session::Ready(principal);
+    }
+
+    pub fn close(&mut self) {
+        *self = Session::Closed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn requests() -> Vec<Request> {
+        vec![
+            Request::Hello {
+                version: 1,
+                credential: "hs1.a.b".into(),
+            },
+            Request::Has {
+                ids: vec![BlobId([1; 32]), BlobId([2; 32])],
+            },
+            Request::Put {
+                id: BlobId([3; 32]),
+                kind: 0,
+                blob: vec![9; 1000],
+            },
+            Request::Get {
+                id: BlobId([4; 32]),
+                kind: 1,
+            },
+            Request::Commit {
+                snapshot: vec![1, 2, 3],
+            },
+            Request::Snapshots {
+                machine: Some("m".into()),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_request_and_response_round_trips() {
+        for r in requests() {
+            assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        }
+        let responses = vec![
+            Response::Welcome {
+                version: 1,
+                store_id: "s".into(),
+                chunker: ChunkerParams::default(),
+                zstd_level: 3,
+                machine: "m".into(),
+                role: "machine".into(),
+            },
+            Response::Has {
+                present: vec![true, false],
+            },
+            Response::Put { stored: true },
+            Response::Blob { blob: vec![1; 10] },
+            Response::Committed {
+                id: SnapshotId([5; 32]),
+            },
+            Response::Snapshots {
+                list: vec![serde_bytes::ByteBuf::from(vec![1, 2])],
+            },
+            Response::error(ErrorCode::Forbidden, "no"),
+        ];
+        for r in responses {
+            assert_eq!(Response::decode(&r.encode()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn oversized_truncated_and_trailing_frames_are_refused() {
+        assert!(matches!(
+            frame_len(u32::MAX.to_le_bytes()),
+            Err(WireError::TooLarge(_))
+        ));
+        let f = Request::Get {
+            id: BlobId([4; 32]),
+            kind: 1,
+        }
+        .encode();
+        assert!(matches!(
+            Request::decode(&f[..f.len() - 1]),
+            Err(WireError::Truncated { .. })
+        ));
+        let mut g = f.clone();
+        g.push(0);
+        assert!(matches!(Request::decode(&g), Err(WireError::Trailing(1))));
+        let big = Request::Has {
+            ids: vec![BlobId([0; 32]); MAX_HAS_BATCH + 1],
+        }
+        .encode();
+        assert!(matches!(
+            Request::decode(&big),
+            Err(WireError::BatchTooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn hello_comes_first_and_once() {
+        let mut s: Session<&str> = Session::default();
+        let has = Request::Has { ids: vec![] };
+        assert!(matches!(
+            s.admit(&has),
+            Err(Response::Error {
+                code: ErrorCode::Unauthenticated,
+                ..
+            })
+        ));
+        let bad = Request::Hello {
+            version: 99,
+            credential: String::new(),
+        };
+        assert!(matches!(
+            s.admit(&bad),
+            Err(Response::Error {
+                code: ErrorCode::Version,
+                ..
+            })
+        ));
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+            credential: "c".into(),
+        };
+        assert_eq!(s.admit(&hello), Ok(None));
+        s.established("alice");
+        assert_eq!(s.admit(&has), Ok(Some("alice")));
+        assert!(matches!(
+            s.admit(&hello),
+            Err(Response::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            })
+        ));
+        s.close();
+        assert!(s.admit(&has).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let _ = Request::decode(&bytes);
+            let _ = Response::decode(&bytes);
+        }
+
+        #[test]
+        fn decoding_arbitrary_payloads_in_valid_frames_never_panics(body in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let mut payload = vec![FRAME_VERSION];
+            payload.extend_from_slice(&body);
+            let f = frame(payload);
+            let _ = Request::decode(&f);
+            let _ = Response::decode(&f);
+        }
+
+        #[test]
+        fn mutated_requests_never_panic(which in 0usize..6, at: usize, val: u8) {
+            let mut f = requests()[which].encode();
+            let i = at % f.len();
+            f[i] = val;
+            let _ = Request::decode(&f);
+        }
+    }
+}

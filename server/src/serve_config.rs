@@ -1,0 +1,285 @@
+//! The `homesync serve` config file (TOML), e.g. `/etc/homesync/server.toml`.
+//!
+//! Every field but `store` has a default; an unknown field is an error (a
+//! typo must not silently fall back to a default). Relative paths are taken
+//! relative to the directory holding the config file, not the working
+//! directory (which for a systemd service is `/`). The same text is in
+//! `examples/server.toml`:
+//!
+//! ```toml
+#![doc = include_str!("../../examples/server.toml")]
+//! ```
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default address to listen on (all IPv4 interfaces, UDP port 7443).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
+/// Default certificate file name, in the store directory (DER).
+pub const DEFAULT_CERT_FILE: &str = "server-cert.der";
+/// Default private key file name, in the store directory (DER, PKCS#8).
+pub const DEFAULT_KEY_FILE: &str = "server-key.der";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_SESSION_EXPIRY_HOURS: u64 = 72;
+
+/// A config file that could not be read, parsed or accepted. Every variant
+/// names the file; a parse error also gives the line and column.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad TOML, a value of the wrong type, or an unknown field; `message`
+    /// is toml's, which starts with "TOML parse error at line L, column C".
+    #[error("{}: {message}", path.display())]
+    Parse {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("{}: `{field}` {reason}", path.display())]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+/// What `homesync serve` runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// UDP address of the QUIC endpoint.
+    pub listen: SocketAddr,
+    /// The store directory.
+    pub store: PathBuf,
+    /// The server's certificate (created on first start if missing).
+    pub cert: PathBuf,
+    /// The certificate's private key (created with it).
+    pub key: PathBuf,
+    /// Connections beyond this many are refused.
+    pub max_connections: usize,
+    /// A connection silent this long is closed.
+    pub idle_timeout_secs: u64,
+    /// An upload session not committed within this long expires, and the
+    /// blobs only it uploaded become garbage.
+    pub session_expiry_hours: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    listen: Option<SocketAddr>,
+    store: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    max_connections: Option<usize>,
+    idle_timeout_secs: Option<u64>,
+    session_expiry_hours: Option<u64>,
+}
+
+impl ServeConfig {
+    /// The defaults for a store at `store` (for flags without a file).
+    pub fn with_store(store: PathBuf) -> ServeConfig {
+        ServeConfig {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            cert: store.join(DEFAULT_CERT_FILE),
+            key: store.join(DEFAULT_KEY_FILE),
+            store,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            session_expiry_hours: DEFAULT_SESSION_EXPIRY_HOURS,
+        }
+    }
+
+    /// Reads, parses and checks the config file at `path`.
+    pub fn load(path: &Path) -> Result<ServeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        ServeConfig::parse(&text, path)
+    }
+
+    /// Parses config text that came from `path` (used in messages, and as
+    /// the base of relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<ServeConfig, ConfigError> {
+        let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            line: e.span().map(|s| line_of(text, s.start)),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            reason: reason.to_string(),
+        };
+        let base = path.parent().unwrap_or(Path::new(""));
+        let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+        let store = match raw.store {
+            None => return Err(invalid("store", "is missing (the store directory)")),
+            Some(p) if p.as_os_str().is_empty() => return Err(invalid("store", "is empty")),
+            Some(p) => resolve(p),
+        };
+        let mut config = ServeConfig::with_store(store);
+        if let Some(listen) = raw.listen {
+            config.listen = listen;
+        }
+        for (field, value, slot) in [
+            ("cert", raw.cert, &mut config.cert),
+            ("key", raw.key, &mut config.key),
+        ] {
+            match value {
+                Some(p) if p.as_os_str().is_empty() => return Err(invalid(field, "is empty")),
+                Some(p) => *slot = resolve(p),
+                None => {}
+            }
+        }
+        if config.cert == config.key {
+            return Err(invalid("key", "must be another file than `cert`"));
+        }
+        if let Some(n) = raw.max_connections {
+            if n == 0 {
+                return Err(invalid("max_connections", "must be at least 1"));
+            }
+            config.max_connections = n;
+        }
+        if let Some(n) = raw.idle_timeout_secs {
+            if n == 0 {
+                return Err(invalid("idle_timeout_secs", "must be at least 1"));
+            }
+            config.idle_timeout_secs = n;
+        }
+        if let Some(n) = raw.session_expiry_hours {
+            if n == 0 {
+                return Err(invalid("session_expiry_hours", "must be at least 1"));
+            }
+            config.session_expiry_hours = n;
+        }
+        Ok(config)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    pub fn session_expiry(&self) -> Duration {
+        Duration::from_secs(self.session_expiry_hours.saturating_mul(3600))
+    }
+}
+
+/// The 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    let at = at.min(text.len());
+    text.as_bytes()[..at]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ServeConfig, ConfigError> {
+        ServeConfig::parse(text, Path::new("/etc/homesync/server.toml"))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("store = \"/srv/homesync\"\n").unwrap();
+        assert_eq!(c, ServeConfig::with_store("/srv/homesync".into()));
+        assert_eq!(c.listen, "0.0.0.0:7443".parse().unwrap());
+        assert_eq!(c.cert, Path::new("/srv/homesync/server-cert.der"));
+        assert_eq!(c.key, Path::new("/srv/homesync/server-key.der"));
+        assert_eq!(c.max_connections, 1000);
+        assert_eq!(c.idle_timeout(), Duration::from_secs(60));
+        assert_eq!(c.session_expiry(), Duration::from_secs(72 * 3600));
+    }
+
+    #[test]
+    fn every_field() {
+        let c = parse(
+            "listen = \"[::1]:9000\"\nstore = \"store\"\ncert = \"/tls/c.pem\"\nkey = \"k.der\"\n\
+             max_connections = 20\nidle_timeout_secs = 5\nsession_expiry_hours = 1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            ServeConfig {
+                listen: "[::1]:9000".parse().unwrap(),
+                store: "/etc/homesync/store".into(),
+                cert: "/tls/c.pem".into(),
+                key: "/etc/homesync/k.der".into(),
+                max_connections: 20,
+                idle_timeout_secs: 5,
+                session_expiry_hours: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let c = parse(include_str!("../../examples/server.toml")).unwrap();
+        assert_eq!(c.store, Path::new("/srv/homesync"));
+        assert_eq!(c.listen.port(), 7443);
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        let e = ServeConfig::load(&path).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+        assert!(e.to_string().contains("server.toml"), "{e}");
+
+        std::fs::write(&path, "store = \"s\"\nmax_conections = 5\n").unwrap();
+        let e = ServeConfig::load(&path).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("max_conections"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(
+            matches!(e, ConfigError::Parse { line: Some(2), .. }),
+            "{e:?}"
+        );
+
+        std::fs::write(&path, "store = \"s\"\n").unwrap();
+        assert_eq!(
+            ServeConfig::load(&path).unwrap().store,
+            dir.path().join("s")
+        );
+    }
+
+    #[test]
+    fn bad_values_refused() {
+        for (text, field) in [
+            ("listen = \"/srv\"", "listen"),
+            ("listen = \"localhost:7443\"\nstore = \"/s\"", "listen"),
+            ("store = 5", "store"),
+            ("max_connections = 0\nstore = \"/s\"", "max_connections"),
+            ("max_connections = -1\nstore = \"/s\"", "max_connections"),
+            ("idle_timeout_secs = 0\nstore = \"/s\"", "idle_timeout_secs"),
+            (
+                "session_expiry_hours = 0\nstore = \"/s\"",
+                "session_expiry_hours",
+            ),
+            ("cert = \"\"\nstore = \"/s\"", "cert"),
+            ("cert = \"/x\"\nkey = \"/x\"\nstore = \"/s\"", "key"),
+            ("listen = \"0.0.0.0:1\"", "store"),
+            ("store = \"\"", "store"),
+            ("[store]\npath = \"/s\"", "store"),
+        ] {
+            let e = parse(text).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains("/etc/homesync/server.toml"), "{msg}");
+            assert!(msg.contains(field), "{text:?}: {msg}");
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The QUIC service: `homesync serve`. Moves frames between quinn streams
+//! and the store; what the frames mean and in which order they may come is
+//! decided by `homesync_protocol::wire`, who may do what by [`crate::auth`].
+//!
+//! Every request is its own bidirectional stream. The store's work (SQLite,
+//! file I/O, hashing) runs on tokio's blocking pool so one slow disk never
+//! stalls the network tasks of other clients.
+
+use crate::auth::{Auth, Principal, Role};
+use crate::store::Store;
+use homesync_protocol::wire::{self, ErrorCode, MAX_FRAME, Request, Response, Session};
+use homesync_protocol::{BlobKind, Repository, Snapshot, StoreError};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The server's TLS identity: a self-signed certificate made on first start.
+pub struct Identity {
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
+}
+
+/// The fingerprint clients pin: BLAKE3 of the certificate's DER bytes.
+pub fn fingerprint(cert_der: &[u8]) -> String {
+    blake3::hash(cert_der).to_hex().to_string()
+}
+
+impl Identity {
+    /// Loads `cert`/`key` (DER), creating both on first start.
+    pub fn load_or_create(cert: &Path, key: &Path) -> Result<Identity, StoreError> {
+        let io = |what: &Path| {
+            let what = what.display().to_string();
+            move |source| StoreError::Io {
+                context: what,
+                source,
+            }
+        };
+        if cert.exists() && key.exists() {
+            return Ok(Identity {
+                cert_der: std::fs::read(cert).map_err(io(cert))?,
+                key_der: std::fs::read(key).map_err(io(key))?,
+            });
+        }
+        let ck = rcgen::generate_simple_self_signed(vec!["homesync".to_string()])
+            .map_err(|e| StoreError::Refused(format!("making the server certificate: {e}")))?;
+        let id = Identity {
+            cert_der: ck.cert.der().to_vec(),
+            key_der: ck.signing_key.serialize_der(),
+        };
+        for p in [cert, key] {
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir).map_err(io(dir))?;
+            }
+        }
+        // The key first and private: a certificate without its key is useless.
+        crate::backend::write_durably(key, &id.key_der)?;
+        std::fs::set_permissions(key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io(key))?;
+        crate::backend::write_durably(cert, &id.cert_der)?;
+        Ok(id)
+    }
+
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.cert_der)
+    }
+}
+
+/// Limits that keep one client from starving the others.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Concurrent request streams per connection (the back-pressure).
+    pub streams_per_connection: u32,
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            streams_per_connection: 32,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A QUIC endpoint bound to `listen` with this identity and ALPN.
+pub fn endpoint(
+    listen: SocketAddr,
+    identity: &Identity,
+    limits: &Limits,
+) -> Result<quinn::Endpoint, StoreError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = rustls::pki_types::CertificateDer::from(identity.cert_der.clone());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(identity.key_der.clone().into());
+    let refused = |e: &dyn std::fmt::Display| StoreError::Refused(format!("TLS setup: {e}"));
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| refused(&e))?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .map_err(|e| refused(&e))?;
+    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| refused(&e))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(limits.streams_per_connection.into());
+    transport.max_concurrent_uni_streams(0u8.into());
+    transport.max_idle_timeout(Some(
+        limits.idle_timeout.try_into().map_err(|e| refused(&e))?,
+    ));
+    config.transport_config(Arc::new(transport));
+    quinn::Endpoint::server(config, listen).map_err(|source| StoreError::Io {
+        context: format!("listening on {listen}"),
+        source,
+    })
+}
+
+/// Who a session is, and the credential to re-check on each request.
+#[derive(Clone)]
+struct Authed {
+    principal: Principal,
+    credential: Option<String>,
+}
+
+/// What every connection task shares.
+pub struct Service {
+    pub store: Arc<Store>,
+    pub auth: Arc<Auth>,
+}
+
+impl Service {
+    /// Accepts connections until `shutdown` resolves, then stops accepting,
+    /// lets open requests finish (up to `grace`), and flushes the store.
+    pub async fn run(
+        self: Arc<Self>,
+        endpoint: quinn::Endpoint,
+        shutdown: impl std::future::Future<Output = ()>,
+        grace: Duration,
+    ) {
+        tokio::pin!(shutdown);
+        let tasks = tokio_util_tasks::Tasks::default();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let svc = self.clone();
+                    tasks.spawn(async move { svc.connection(incoming).await });
+                }
+            }
+        }
+        tracing::info!("shutting down: no new connections");
+        endpoint.set_server_config(None);
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!("sessions still open after {grace:?}: closing them");
+        }
+        endpoint.close(0u32.into(), b"server shutting down");
+        let store = self.store.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .expect("flush task")
+        {
+            tracing::error!("flushing the store at shutdown: {e}");
+        }
+        endpoint.wait_idle().await;
+    }
+
+    async fn connection(self: Arc<Self>, incoming: quinn::Incoming) {
+        let conn = match incoming.await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("handshake failed: {e}");
+                return;
+            }
+        };
+        let peer = conn.remote_address();
+        let session = Arc::new(tokio::sync::Mutex::new(Session::<Authed>::default()));
+        let streams = tokio_util_tasks::Tasks::default();
+        loop {
+            match conn.accept_bi().await {
+                Ok((send, recv)) => {
+                    let svc = self.clone();
+                    let session = session.clone();
+                    let conn = conn.clone();
+                    streams.spawn(async move { svc.stream(conn, session, send, recv).await });
+                }
+                Err(e) => {
+                    tracing::debug!("{peer}: connection ended: {e}");
+                    break;
+                }
+            }
+        }
+        streams.wait().await;
+        // Blobs uploaded by a session that did not commit are made durable
+        // anyway: the next run of that client finds them and sends nothing.
+        let store = self.store.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .expect("flush task")
+        {
+            tracing::error!("{peer}: flushing after the session: {e}");
+        }
+    }
+
+    async fn stream(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        session: Arc<tokio::sync::Mutex<Session<Authed>>>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let peer = conn.remote_address();
+        let response = match recv.read_to_end(MAX_FRAME + 4).await {
+            Err(quinn::ReadToEndError::TooLong) => {
+                Response::error(ErrorCode::BadRequest, "request over the frame limit")
+            }
+            Err(e) => {
+                tracing::debug!("{peer}: stream failed: {e}");
+                return;
+            }
+            Ok(bytes) => match Request::decode(&bytes) {
+                Err(e) => Response::error(ErrorCode::BadRequest, e.to_string()),
+                Ok(req) => self.request(peer, &session, req).await,
+            },
+        };
+        let close = matches!(
+            response,
+            Response::Error {
+                code: ErrorCode::BadRequest | ErrorCode::Unauthenticated | ErrorCode::Version,
+                ..
+            }
+        );
+        if let Response::Error { code, message } = &response {
+            tracing::warn!("{peer}: {code:?}: {message}");
+        }
+        let _ = send.write_all(&response.encode()).await;
+        let _ = send.finish();
+        if close {
+            // Bad input ends the connection, after the answer is delivered.
+            let _ = send.stopped().await;
+            conn.close(1u32.into(), b"protocol error");
+        }
+    }
+
+    async fn request(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        session: &tokio::sync::Mutex<Session<Authed>>,
+        req: Request,
+    ) -> Response {
+        let mut s = session.lock().await;
+        let authed = match s.admit(&req) {
+            Err(r) => return r,
+            Ok(Some(a)) => {
+                drop(s);
+                a
+            }
+            Ok(None) => {
+                let Request::Hello { credential, .. } = req else {
+                    unreachable!("admit returns None only for Hello")
+                };
+                let auth = self.auth.clone();
+                let presented = credential.clone();
+                return match tokio::task::spawn_blocking(move || auth.authenticate(&presented))
+                    .await
+                    .expect("auth task")
+                {
+                    Ok(p) => {
+                        tracing::info!("{peer}: session of {} ({})", p.machine, p.role.as_str());
+                        let c = self.store.config();
+                        let welcome = Response::Welcome {
+                            version: wire::PROTOCOL_VERSION,
+                            store_id: c.id.clone(),
+                            chunker: c.chunker,
+                            zstd_level: c.zstd_level,
+                            machine: p.machine.clone(),
+                            role: p.role.as_str().to_string(),
+                        };
+                        // A restore token is spent by this session; other
+                        // credentials are checked again on every request.
+                        let credential = (p.role != Role::Restore).then_some(credential);
+                        s.established(Authed {
+                            principal: p,
+                            credential,
+                        });
+                        welcome
+                    }
+                    Err(e) => {
+                        s.close();
+                        tracing::warn!("{peer}: authentication failed: {e}");
+                        Response::error(ErrorCode::Unauthenticated, "unknown or revoked credential")
+                    }
+                };
+            }
+        };
+        // Re-check the credential on every request so that revoking it
+        // takes effect at once, even for open sessions.
+        let svc = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(c) = &authed.credential
+                && svc.auth.authenticate(c).ok().as_ref() != Some(&authed.principal)
+            {
+                return Response::error(ErrorCode::Unauthenticated, "credential revoked");
+            }
+            svc.serve(&authed.principal, req)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Response::error(ErrorCode::Internal, format!("request task failed: {e}"))
+        })
+    }
+
+    /// One authenticated request (blocking: runs on the blocking pool).
+    fn serve(&self, p: &Principal, req: Request) -> Response {
+        let kind_of = |k: u8| {
+            BlobKind::from_u8(k)
+                .ok_or_else(|| Response::error(ErrorCode::BadRequest, "unknown blob kind"))
+        };
+        let result = match req {
+            Request::Hello { .. } => unreachable!("handled by the session"),
+            Request::Has { ids } => self
+                .store
+                .has_blobs(&ids)
+                .map(|present| Response::Has { present }),
+            Request::Put { id, kind, blob } => {
+                if !p.can_upload_blobs() {
+                    return Response::error(ErrorCode::Forbidden, "this credential cannot upload");
+                }
+                let kind = match kind_of(kind) {
+                    Ok(k) if k != BlobKind::Snapshot => k,
+                    Ok(_) => {
+                        return Response::error(
+                            ErrorCode::BadRequest,
+                            "snapshots are sent with Commit",
+                        );
+                    }
+                    Err(r) => return r,
+                };
+                self.store
+                    .put_blob(id, kind, &blob)
+                    .map(|stored| Response::Put { stored })
+            }
+            Request::Get { id, kind } => match kind_of(kind) {
+                Ok(kind) => self
+                    .store
+                    .read_blob_verified(id, kind)
+                    .map(|blob| Response::Blob { blob }),
+                Err(r) => return r,
+            },
+            Request::Commit { snapshot } => {
+                let snap = match Snapshot::decode(&snapshot) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return Response::error(ErrorCode::BadRequest, format!("snapshot: {e}"));
+                    }
+                };
+                if !p.can_write_snapshot_for(&snap.machine) {
+                    return Response::error(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "{} may not commit snapshots of machine {:?}",
+                            p.machine, snap.machine
+                        ),
+                    );
+                }
+                self.store
+                    .commit_snapshot(&snap)
+                    .map(|id| Response::Committed { id })
+            }
+            Request::Snapshots { machine } => {
+                let wanted = machine.unwrap_or_else(|| p.machine.clone());
+                if !p.can_read_snapshot_of(&wanted) {
+                    return Response::error(
+                        ErrorCode::Forbidden,
+                        format!("{} may not list snapshots of machine {wanted:?}", p.machine),
+                    );
+                }
+                self.store.snapshots().map(|all| Response::Snapshots {
+                    list: all
+                        .into_iter()
+                        .filter(|(_, s)| s.machine == wanted)
+                        .map(|(_, s)| serde_bytes::ByteBuf::from(s.encode()))
+                        .collect(),
+                })
+            }
+        };
+        result.unwrap_or_else(|e| {
+            let code = match &e {
+                StoreError::Missing(_) | StoreError::NoSnapshot(_) => ErrorCode::NotFound,
+                e if e.is_corruption() => ErrorCode::Corrupt,
+                StoreError::Refused(_) => ErrorCode::Refused,
+                _ => ErrorCode::Internal,
+            };
+            Response::error(code, e.to_string())
+        })
+    }
+}
+
+/// A set of spawned tasks that can be awaited together.
+mod tokio_util_tasks {
+    use std::future::Future;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    pub struct Tasks(Mutex<tokio::task::JoinSet<()>>);
+
+    impl Tasks {
+        pub fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
+            let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            // Reap finished tasks so a long-running server does not grow.
+            while set.try_join_next().is_some() {}
+            set.spawn(f);
+        }
+
+        pub async fn wait(&self) {
+            let mut set = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+            while set.join_next().await.is_some() {}
+        }
+    }
+}

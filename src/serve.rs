@@ -1,0 +1,72 @@
+//! `homesync serve`: the store behind QUIC until SIGTERM or Ctrl-C.
+
+use crate::cli::{Cli, ServeArgs};
+use crate::output::Out;
+use crate::{default_repo, exit};
+use anyhow::Context;
+use homesync_protocol::{ChunkerParams, StoreError};
+use homesync_server::auth::Auth;
+use homesync_server::serve_config::ServeConfig;
+use homesync_server::service::{self, Identity, Limits, Service};
+use homesync_server::{OpenOptions, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long open sessions may take to finish after a shutdown signal.
+const GRACE: Duration = Duration::from_secs(10);
+
+pub fn run(cli: &Cli, args: &ServeArgs, out: &Out) -> anyhow::Result<u8> {
+    let mut cfg = match &args.server_config {
+        Some(path) => ServeConfig::load(path)?,
+        None => ServeConfig::with_store(cli.repo.clone().unwrap_or_else(default_repo)),
+    };
+    if let Some(listen) = args.listen {
+        cfg.listen = listen;
+    }
+    let options = OpenOptions {
+        verify_uploads: true,
+    };
+    let store = match Store::open(&cfg.store, options.clone()) {
+        Err(StoreError::NotFound(_)) => {
+            Store::init(&cfg.store, ChunkerParams::default(), 3)
+                .with_context(|| format!("creating store {}", cfg.store.display()))?;
+            out.note(&format!("created a new store at {}", cfg.store.display()));
+            Store::open(&cfg.store, options)?
+        }
+        r => r.with_context(|| format!("opening store {}", cfg.store.display()))?,
+    };
+    let auth = Auth::open(&cfg.store.join("index.sqlite"))?;
+    let identity = Identity::load_or_create(&cfg.cert, &cfg.key)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("homesync-serve")
+        .build()
+        .context("starting the async runtime")?;
+    let limits = Limits {
+        idle_timeout: cfg.idle_timeout(),
+        ..Limits::default()
+    };
+    let endpoint = {
+        let _guard = runtime.enter();
+        service::endpoint(cfg.listen, &identity, &limits)?
+    };
+    let local = endpoint.local_addr().context("reading the bound address")?;
+    out.listening(&local, &identity.fingerprint(), &cfg.store);
+    let svc = Arc::new(Service {
+        store: Arc::new(store),
+        auth: Arc::new(auth),
+    });
+    runtime.block_on(svc.run(endpoint, shutdown_signal(), GRACE));
+    out.note("server stopped");
+    Ok(exit::OK)
+}
+
+/// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,416 @@
+//! The QUIC server end to end: the real `homesync serve` on 127.0.0.1 port
+//! 0 with a temporary store, and real clients (the binary, and the client
+//! library for what only a library can do, such as rebinding mid-transfer).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A running `homesync serve`, killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+    fingerprint: String,
+    store: Homesync,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let store = Homesync::new(dir.join("store"));
+        store.init();
+        let mut child = Command::new(bin())
+            .args(["--json", "--repo"])
+            .arg(dir.join("store"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("HOMESYNC_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start homesync serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("serve printed {line:?}: {e}"));
+        assert_eq!(v["message_type"], "listening", "{v}");
+        Server {
+            child,
+            addr: v["address"].as_str().unwrap().to_string(),
+            fingerprint: v["fingerprint"].as_str().unwrap().to_string(),
+            store,
+        }
+    }
+
+    /// A credential for a new machine (or admin).
+    fn add_machine(&self, name: &str, admin: bool) -> String {
+        let mut a = vec!["admin", "add-machine", name];
+        if admin {
+            a.push("--admin");
+        }
+        let a: Vec<&OsStr> = a.iter().map(OsStr::new).collect();
+        let run = self.store.run(&a);
+        run.expect_ok();
+        run.messages("credential")[0]["credential"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn client(&self, credential: &str, home: &Path) -> Client {
+        Client {
+            server: self.addr.clone(),
+            fingerprint: self.fingerprint.clone(),
+            credential: credential.to_string(),
+            home: home.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The binary run against the server.
+struct Client {
+    server: String,
+    fingerprint: String,
+    credential: String,
+    home: PathBuf,
+}
+
+impl Client {
+    fn command(&self, args: &[&OsStr]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.arg("--json")
+            .args([
+                "--server",
+                &self.server,
+                "--fingerprint",
+                &self.fingerprint,
+                "--credential",
+                &self.credential,
+            ])
+            .args(args)
+            .env_remove("HOMESYNC_REPO")
+            .env("HOMESYNC_CONFIG", self.home.join("no-client.toml"))
+            .env("XDG_CACHE_HOME", self.home.join("cache"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    fn run(&self, args: &[&OsStr]) -> Run {
+        let cmdline = format!("homesync --server {} {:?}", self.server, args);
+        let (code, stdout, stderr) = run_with_timeout(self.command(args), RUN_TIMEOUT, &cmdline);
+        let json = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        Run {
+            cmdline,
+            code,
+            stdout,
+            stderr,
+            json,
+        }
+    }
+}
+
+fn os(s: impl AsRef<OsStr>) -> OsString {
+    s.as_ref().to_os_string()
+}
+
+fn make_tree(dir: &Path, seed: u64) {
+    std::fs::create_dir_all(dir.join("docs/deep")).unwrap();
+    write_file(
+        &dir.join("docs/a.txt"),
+        format!("hello {seed}\n").repeat(1000).as_bytes(),
+    );
+    write_file(&dir.join("docs/deep/b.bin"), &random_bytes(seed, 3 << 20));
+    write_file(&dir.join("shared.bin"), &random_bytes(999, 1 << 20));
+    std::os::unix::fs::symlink("docs/a.txt", dir.join("link")).unwrap();
+}
+
+#[test]
+fn backup_list_diff_and_restore_over_quic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let cred = server.add_machine("laptop", false);
+    let client = server.client(&cred, tmp.path());
+    let src = tmp.path().join("src");
+    make_tree(&src, 1);
+
+    let first = client.run(&[&os("backup"), src.as_os_str()]);
+    first.expect_ok();
+    let first_id = first.snapshot_id();
+    assert!(first.summary_u64("blobs_added") > 0);
+    write_file(&src.join("docs/new.txt"), b"new file");
+    let second = client.run(&[&os("backup"), src.as_os_str()]);
+    second.expect_ok();
+
+    let snaps = client.run(&[&os("snapshots")]);
+    snaps.expect_ok();
+    let listed = snaps.messages("snapshot");
+    assert_eq!(listed.len(), 2, "{}", snaps.describe());
+    assert!(listed.iter().all(|s| s["machine"] == "laptop"));
+
+    let ls = client.run(&[&os("ls"), &os("latest"), &os("docs")]);
+    ls.expect_ok();
+    let paths: Vec<&str> = ls
+        .messages("node")
+        .iter()
+        .map(|n| n["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"docs/new.txt") && paths.contains(&"docs/deep/b.bin"),
+        "{paths:?}"
+    );
+
+    let diff = client.run(&[&os("diff"), &os(&first_id), &os("latest")]);
+    diff.expect_ok();
+    let changes: Vec<(String, String)> = diff
+        .messages("change")
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().into(),
+                c["path"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        changes.contains(&("added".into(), "docs/new.txt".into())),
+        "{changes:?}"
+    );
+
+    let target = tmp.path().join("restored");
+    client
+        .run(&[
+            &os("restore"),
+            &os("latest"),
+            &os("--target"),
+            target.as_os_str(),
+        ])
+        .expect_ok();
+    assert_same_listing("restore over QUIC", &mtree(&src), &mtree(&target));
+}
+
+#[test]
+fn a_server_with_another_certificate_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let cred = server.add_machine("laptop", false);
+    let mut client = server.client(&cred, tmp.path());
+    client.fingerprint = "ab".repeat(32);
+    let run = client.run(&[&os("snapshots")]);
+    assert_ne!(run.code, 0, "{}", run.describe());
+    let text = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        text.contains("fingerprint"),
+        "the error names the cause\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn machines_see_only_their_own_snapshots_and_tokens_work_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let a = server.client(&server.add_machine("alice-laptop", false), tmp.path());
+    let b = server.client(&server.add_machine("bob-desktop", false), tmp.path());
+    let src = tmp.path().join("src");
+    make_tree(&src, 2);
+    let id = a.run(&[&os("backup"), src.as_os_str()]).snapshot_id();
+
+    // B sees nothing of A's and cannot ask for it.
+    let mine = b.run(&[&os("snapshots")]);
+    mine.expect_ok();
+    assert!(mine.messages("snapshot").is_empty(), "{}", mine.describe());
+    let theirs = b.run(&[&os("snapshots"), &os("--machine"), &os("alice-laptop")]);
+    assert_ne!(theirs.code, 0, "{}", theirs.describe());
+    assert!(theirs.stdout.contains("Forbidden"), "{}", theirs.describe());
+    let steal = b.run(&[
+        &os("restore"),
+        &os(&id),
+        &os("--target"),
+        tmp.path().join("stolen").as_os_str(),
+    ]);
+    assert_ne!(steal.code, 0, "{}", steal.describe());
+    assert!(!tmp.path().join("stolen/docs").exists());
+
+    // A one-time restore token for A's machine works once, for A's snapshots only.
+    let token_run = server
+        .store
+        .run(&[&os("admin"), &os("restore-token"), &os("alice-laptop")]);
+    token_run.expect_ok();
+    let token = token_run.messages("credential")[0]["credential"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let new_machine = server.client(&token, tmp.path());
+    let target = tmp.path().join("new-laptop");
+    new_machine
+        .run(&[
+            &os("restore"),
+            &os("latest"),
+            &os("--machine"),
+            &os("alice-laptop"),
+            &os("--target"),
+            target.as_os_str(),
+        ])
+        .expect_ok();
+    assert_same_listing("restore with a token", &mtree(&src), &mtree(&target));
+    let again = new_machine.run(&[&os("snapshots"), &os("--machine"), &os("alice-laptop")]);
+    assert_ne!(
+        again.code,
+        0,
+        "a restore token works once\n{}",
+        again.describe()
+    );
+
+    // A revoked credential is refused at once.
+    server
+        .store
+        .run(&[&os("admin"), &os("revoke"), &os("bob-desktop")])
+        .expect_ok();
+    let revoked = b.run(&[&os("snapshots")]);
+    assert_ne!(revoked.code, 0, "{}", revoked.describe());
+}
+
+#[test]
+fn twenty_clients_back_up_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let mut children = Vec::new();
+    for i in 0..20 {
+        let name = format!("m{i:02}");
+        let client = server.client(&server.add_machine(&name, false), &tmp.path().join(&name));
+        let src = tmp.path().join(&name).join("home");
+        std::fs::create_dir_all(&src).unwrap();
+        write_file(&src.join("own.bin"), &random_bytes(100 + i, 256 << 10));
+        write_file(&src.join("common.bin"), &random_bytes(7, 512 << 10));
+        let child = client
+            .command(&[&os("backup"), src.as_os_str()])
+            .spawn()
+            .unwrap();
+        children.push((name, client, src, child));
+    }
+    for (name, client, src, child) in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let target = client.home.join("restored");
+        client
+            .run(&[
+                &os("restore"),
+                &os("latest"),
+                &os("--target"),
+                target.as_os_str(),
+            ])
+            .expect_ok();
+        assert_same_listing(&name, &mtree(&src), &mtree(&target));
+    }
+}
+
+#[test]
+fn an_interrupted_backup_resumes_without_resending() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let client = server.client(&server.add_machine("laptop", false), tmp.path());
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..40 {
+        write_file(
+            &src.join(format!("f{i:02}")),
+            &random_bytes(500 + i, 2 << 20),
+        );
+    }
+    let total: u64 = 40 * (2 << 20);
+    // Kill the client once it has uploaded part of the data.
+    let mut child = client
+        .command(&[&os("backup"), src.as_os_str()])
+        .spawn()
+        .unwrap();
+    let packs = server.store.repo.join("packs");
+    let start = std::time::Instant::now();
+    while common::files_under(&packs).is_empty()
+        && start.elapsed() < std::time::Duration::from_secs(60)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let resumed = client.run(&[&os("backup"), src.as_os_str()]);
+    resumed.expect_ok();
+    let sent = resumed.summary_u64("bytes_added");
+    assert!(
+        sent < total,
+        "the second run sent {sent} of {total} bytes: nothing was resumed"
+    );
+    let target = tmp.path().join("restored");
+    client
+        .run(&[
+            &os("restore"),
+            &os("latest"),
+            &os("--target"),
+            target.as_os_str(),
+        ])
+        .expect_ok();
+    assert_same_listing("resumed backup", &mtree(&src), &mtree(&target));
+}
+
+#[test]
+fn a_connection_survives_a_rebind_mid_transfer() {
+    use homesync_client::remote::{RemoteOptions, RemoteRepository};
+    use homesync_protocol::{BlobEncoder, BlobKind, ChunkId, Repository};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let cred = server.add_machine("roamer", false);
+    let remote = RemoteRepository::connect(&RemoteOptions {
+        server: server.addr.clone(),
+        fingerprint: server.fingerprint.clone(),
+        credential: cred,
+    })
+    .unwrap();
+    let mut enc = BlobEncoder::new(3);
+    let mut ids = Vec::new();
+    for i in 0..20u64 {
+        if i == 10 {
+            remote.rebind().unwrap();
+        }
+        let data = random_bytes(i, 100 << 10);
+        let id = ChunkId::of(&data);
+        assert!(
+            remote
+                .put_blob(
+                    id.into(),
+                    BlobKind::Chunk,
+                    &enc.encode(BlobKind::Chunk, &data)
+                )
+                .unwrap()
+        );
+        ids.push((id, data));
+    }
+    for (id, data) in &ids {
+        assert_eq!(
+            &remote.get_blob((*id).into(), BlobKind::Chunk).unwrap(),
+            data
+        );
+    }
+}
