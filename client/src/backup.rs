@@ -181,8 +181,11 @@ impl Pipeline<'_> {
     ) -> Result<(Vec<ChunkId>, u64), Failure> {
         BUFFER.with(|buf| {
             let mut buf = buf.borrow_mut();
-            if buf.len() < READ_BUFFER {
-                buf.resize(READ_BUFFER, 0);
+            // At least two maximal chunks, or a cut could find no boundary
+            // in a full buffer.
+            let size = READ_BUFFER.max(2 * self.chunker.max as usize);
+            if buf.len() < size {
+                buf.resize(size, 0);
             }
             let mut chunks = Vec::new();
             let mut filled = 0usize;
@@ -231,6 +234,14 @@ impl Pipeline<'_> {
         loop {
             attempt += 1;
             let before = file.metadata()?;
+            if attempt == 1 && (before.dev(), before.ino()) != (job.dev, job.ino) {
+                // The path now leads elsewhere (renamed over, or a directory
+                // on the way swapped for a symlink): never store another
+                // file's contents under this name.
+                return Err(Failure::Entry(
+                    "replaced by another file during the backup".into(),
+                ));
+            }
             if !before.is_file() {
                 return Err(Failure::Entry("no longer a regular file".into()));
             }
@@ -287,10 +298,32 @@ pub fn cache_path(cache_dir: &Path, repo: &dyn Repository) -> PathBuf {
 }
 
 /// Backs up `opts.source` into `repo` and commits one snapshot.
+///
+/// If the store refuses the result while the file-state cache supplied
+/// chunk lists (its blobs are gone: the store was repaired, pruned, or is
+/// an older copy), the backup runs once more reading every file, and the
+/// cache is rebuilt from that run.
 pub fn backup(
     repo: &dyn Repository,
     opts: &BackupOptions,
     progress: &Progress,
+) -> Result<BackupReport, ClientError> {
+    match backup_once(repo, opts, progress, true) {
+        Err(ClientError::Store(StoreError::Refused(why))) if opts.cache_dir.is_some() => {
+            tracing::warn!(
+                "the store refused this backup ({why}); reading every file again without the cache"
+            );
+            backup_once(repo, opts, progress, false)
+        }
+        r => r,
+    }
+}
+
+fn backup_once(
+    repo: &dyn Repository,
+    opts: &BackupOptions,
+    progress: &Progress,
+    trust_cache: bool,
 ) -> Result<BackupReport, ClientError> {
     let start = now();
     let source = std::fs::canonicalize(&opts.source).map_err(|source| ClientError::Io {
@@ -343,7 +376,7 @@ pub fn backup(
     let errors = Mutex::new(scan.errors.clone());
     let abort = AtomicBool::new(false);
     let fatal: Mutex<Option<StoreError>> = Mutex::new(None);
-    let known = cache.as_ref().map(|c| &c.known);
+    let known = cache.as_ref().filter(|_| trust_cache).map(|c| &c.known);
     let results: Vec<Option<(FileContent, bool)>> = scan
         .files
         .par_iter()
@@ -497,6 +530,15 @@ fn build_trees(
         }
         let tree = Tree::new(nodes);
         let bytes = tree.encode();
+        if bytes.len() > homesync_protocol::blob::MAX_PLAIN_LEN {
+            return Err(ClientError::Usage(format!(
+                "{}: {} entries make a directory record of {} MiB, over the limit of {} MiB",
+                scan.dirs[d].path.display(),
+                tree.nodes.len(),
+                bytes.len() >> 20,
+                homesync_protocol::blob::MAX_PLAIN_LEN >> 20
+            )));
+        }
         let id = TreeId::of(&bytes);
         if !p.repo.has_blobs(&[id.into()])?[0] {
             let blob = encoder.encode(BlobKind::Tree, &bytes);

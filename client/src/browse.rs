@@ -104,10 +104,31 @@ pub fn walk(
     node: &Node,
     f: &mut dyn FnMut(&[u8], &Node),
 ) -> Result<(), StoreError> {
+    walk_at(repo, path, node, f, 0)
+}
+
+/// Trees nested deeper than this are refused: no Linux path is that deep
+/// (PATH_MAX is 4096 bytes), so only a hostile or broken store has them, and
+/// following them would exhaust the stack.
+pub const MAX_DEPTH: usize = 2048;
+
+fn walk_at(
+    repo: &dyn Repository,
+    path: Vec<u8>,
+    node: &Node,
+    f: &mut dyn FnMut(&[u8], &Node),
+    depth: usize,
+) -> Result<(), StoreError> {
     f(&path, node);
     if let Some(sub) = node.subtree {
+        if depth >= MAX_DEPTH {
+            return Err(StoreError::CorruptDetail {
+                id: sub.into(),
+                detail: format!("directories nested deeper than {MAX_DEPTH} levels"),
+            });
+        }
         for child in load_tree(repo, sub)?.nodes {
-            walk(repo, join(&path, &child.name), &child, f)?;
+            walk_at(repo, join(&path, &child.name), &child, f, depth + 1)?;
         }
     }
     Ok(())

@@ -320,17 +320,24 @@ impl Restorer<'_> {
             Mode::from_raw_mode(0o600),
         )?;
         let file = File::from(fd);
-        let result = self.write_contents(&file, node).and_then(|n| {
-            self.apply_meta_fd(&file, node)?;
+        // Verified contents are kept even if some metadata cannot be set
+        // (an xattr namespace this user may not write, a file system
+        // without xattrs): the file is renamed into place and the metadata
+        // failure reported on its own.
+        let written = self.write_contents(&file, node).and_then(|n| {
+            let meta = self.apply_meta_fd(&file, node);
             rustix::fs::renameat(&dir, tmp.as_str(), &dir, os(name))?;
-            Ok(n)
+            Ok((n, meta))
         });
-        match result {
-            Ok(n) => {
+        match written {
+            Ok((n, meta)) => {
                 self.files.fetch_add(1, Relaxed);
                 self.bytes.fetch_add(n, Relaxed);
                 self.progress.files_done.fetch_add(1, Relaxed);
-                Ok(())
+                meta.map_err(|f| Fail {
+                    msg: format!("contents restored, but metadata not: {}", f.msg),
+                    corrupt: false,
+                })
             }
             Err(e) => {
                 let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
@@ -382,9 +389,30 @@ impl Restorer<'_> {
     }
 
     /// Collects the items to restore, in pre-order.
-    fn plan(&self, rel: Vec<u8>, node: Node, filters: &[Vec<Vec<u8>>], items: &mut Vec<Item>) {
+    fn plan(
+        &self,
+        rel: Vec<u8>,
+        node: Node,
+        filters: &[Vec<Vec<u8>>],
+        items: &mut Vec<Item>,
+        depth: usize,
+    ) {
         let (inside, above) = wanted(&rel, filters);
         if !inside && !above {
+            return;
+        }
+        if depth > browse::MAX_DEPTH {
+            // Deeper than any path Linux can name: a hostile or broken store.
+            self.fail(
+                &rel,
+                Fail {
+                    msg: format!(
+                        "directories nested deeper than {} levels",
+                        browse::MAX_DEPTH
+                    ),
+                    corrupt: true,
+                },
+            );
             return;
         }
         let sub = node.subtree;
@@ -399,7 +427,7 @@ impl Restorer<'_> {
             match browse::load_tree(self.repo, sub) {
                 Ok(tree) => {
                     for child in tree.nodes {
-                        self.plan(join(&rel, &child.name), child, filters, items);
+                        self.plan(join(&rel, &child.name), child, filters, items, depth + 1);
                     }
                 }
                 Err(e) => self.fail(&rel, Fail::from(e)),
@@ -456,7 +484,7 @@ pub fn restore(
         bytes: AtomicU64::new(0),
     };
     let mut items = Vec::new();
-    r.plan(Vec::new(), snapshot.root.clone(), &filters, &mut items);
+    r.plan(Vec::new(), snapshot.root.clone(), &filters, &mut items, 0);
 
     // 1. Directories, parents first.
     let mut bad_dirs: Vec<Vec<u8>> = Vec::new();

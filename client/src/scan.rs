@@ -103,9 +103,11 @@ pub fn scan(
         ));
     }
     let root_dev = root_meta.dev();
+    // The root node is named after the source directory; `/` has no name a
+    // tree could hold, so it is called `root`.
     let name = root
         .file_name()
-        .map_or(b"/".to_vec(), |n| n.as_bytes().to_vec());
+        .map_or(b"root".to_vec(), |n| n.as_bytes().to_vec());
     let mut root_node = meta::node_from(name, &root_meta, opts.owners);
     root_node.xattrs = meta::read_xattrs(root).unwrap_or_default();
     let mut s = Scan {

@@ -146,10 +146,11 @@ impl<'a> Blob<'a> {
         }
     }
 
-    /// The plain bytes, checked to hash to `expected`.
+    /// The plain bytes, checked to hash to `expected` (in the id space of
+    /// the blob's kind).
     pub fn plain_verified(&self, expected: BlobId) -> Result<Vec<u8>, BlobError> {
         let plain = self.plain()?;
-        let actual = BlobId::of(&plain);
+        let actual = BlobId::of_kind(self.kind, &plain);
         if actual != expected {
             return Err(BlobError::HashMismatch { expected, actual });
         }
@@ -329,7 +330,7 @@ mod tests {
             let plain: Vec<u8> = data.iter().cycle().take(data.len() * rep).copied().collect();
             let mut enc = BlobEncoder::new(level);
             let b = enc.encode(BlobKind::Tree, &plain);
-            let got = decode_verified(&b, BlobId::of(&plain), BlobKind::Tree).unwrap();
+            let got = decode_verified(&b, BlobId::of_kind(BlobKind::Tree, &plain), BlobKind::Tree).unwrap();
             prop_assert_eq!(got, plain);
         }
 

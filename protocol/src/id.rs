@@ -1,6 +1,11 @@
-//! Typed content ids. Every id is the BLAKE3-256 of the plain bytes it names,
-//! so the kinds below differ only in what they promise the bytes are: mixing
-//! up a tree id and a chunk id is a type error, not a corrupt restore.
+//! Typed content ids: BLAKE3-256 of the plain bytes they name.
+//!
+//! Chunks use plain BLAKE3. Trees and snapshots use BLAKE3 in key
+//! derivation mode with a context string of their own, so the three kinds
+//! live in separate id spaces: a file whose bytes happen to equal an encoded
+//! tree (an empty directory's tree is two bytes) can never be confused with
+//! that tree, in the index or anywhere else. In code, mixing up a tree id
+//! and a chunk id is a type error.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -12,7 +17,7 @@ use std::str::FromStr;
 pub struct IdParseError(pub String);
 
 macro_rules! typed_id {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $hash:expr) => {
         $(#[$doc])*
         #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         pub struct $name(pub [u8; 32]);
@@ -20,7 +25,8 @@ macro_rules! typed_id {
         impl $name {
             /// The id of `data`: its BLAKE3-256 hash.
             pub fn of(data: &[u8]) -> Self {
-                Self(*blake3::hash(data).as_bytes())
+                let hash: fn(&[u8]) -> [u8; 32] = $hash;
+                Self(hash(data))
             }
             pub fn as_bytes(&self) -> &[u8; 32] {
                 &self.0
@@ -60,22 +66,54 @@ macro_rules! typed_id {
     };
 }
 
+/// Context strings of the keyed id spaces; never change them.
+pub const TREE_CONTEXT: &str = "homesync 2026-11 tree id";
+pub const SNAPSHOT_CONTEXT: &str = "homesync 2026-11 snapshot id";
+
+fn plain_hash(data: &[u8]) -> [u8; 32] {
+    *blake3::hash(data).as_bytes()
+}
+
+fn tree_hash(data: &[u8]) -> [u8; 32] {
+    blake3::derive_key(TREE_CONTEXT, data)
+}
+
+fn snapshot_hash(data: &[u8]) -> [u8; 32] {
+    blake3::derive_key(SNAPSHOT_CONTEXT, data)
+}
+
 typed_id!(
-    /// Names any blob in the store, whatever it holds.
-    BlobId
+    /// Names any blob in the store, whatever it holds. `BlobId::of` is the
+    /// chunk hash; use [`BlobId::of_kind`] when the kind is known.
+    BlobId,
+    plain_hash
 );
 typed_id!(
     /// Names a chunk: a run of file bytes cut by the chunker.
-    ChunkId
+    ChunkId,
+    plain_hash
 );
 typed_id!(
     /// Names an encoded tree (one directory's nodes).
-    TreeId
+    TreeId,
+    tree_hash
 );
 typed_id!(
     /// Names an encoded snapshot.
-    SnapshotId
+    SnapshotId,
+    snapshot_hash
 );
+
+impl BlobId {
+    /// The id of `plain` bytes stored as a blob of `kind`.
+    pub fn of_kind(kind: crate::BlobKind, plain: &[u8]) -> BlobId {
+        BlobId(match kind {
+            crate::BlobKind::Chunk => plain_hash(plain),
+            crate::BlobKind::Tree => tree_hash(plain),
+            crate::BlobKind::Snapshot => snapshot_hash(plain),
+        })
+    }
+}
 
 impl From<ChunkId> for BlobId {
     fn from(id: ChunkId) -> Self {
@@ -139,8 +177,16 @@ mod tests {
     }
 
     #[test]
-    fn id_is_blake3_of_the_plain_bytes() {
+    fn id_is_blake3_of_the_plain_bytes_in_one_space_per_kind() {
         assert_eq!(ChunkId::of(b"abc").0, *blake3::hash(b"abc").as_bytes());
         assert!("xyz".parse::<TreeId>().is_err());
+        // An empty directory's tree and a file holding the same two bytes.
+        let bytes = crate::Tree::default().encode();
+        assert_ne!(TreeId::of(&bytes).0, ChunkId::of(&bytes).0);
+        assert_ne!(SnapshotId::of(&bytes).0, TreeId::of(&bytes).0);
+        assert_eq!(
+            BlobId::of_kind(crate::BlobKind::Tree, &bytes).0,
+            TreeId::of(&bytes).0
+        );
     }
 }

@@ -202,19 +202,20 @@ impl Index {
         let mut out = Vec::new();
         for row in rows {
             let (id, data) = row.map_err(sql)?;
-            let id = SnapshotId::from_slice(&id)
-                .ok_or_else(|| StoreError::Index("snapshot id is not 32 bytes".into()))?;
+            // One damaged row must not hide every other snapshot: it is
+            // reported and skipped.
+            let Some(id) = SnapshotId::from_slice(&id) else {
+                tracing::error!("snapshot row with a malformed id skipped");
+                continue;
+            };
             if SnapshotId::of(&data) != id {
-                return Err(StoreError::CorruptDetail {
-                    id: id.into(),
-                    detail: "snapshot row does not hash to its id".into(),
-                });
+                tracing::error!("snapshot {id}: its row does not hash to its id; skipped");
+                continue;
             }
-            let snap = Snapshot::decode(&data).map_err(|e| StoreError::CorruptDetail {
-                id: id.into(),
-                detail: e.to_string(),
-            })?;
-            out.push((id, snap));
+            match Snapshot::decode(&data) {
+                Ok(snap) => out.push((id, snap)),
+                Err(e) => tracing::error!("snapshot {id}: {e}; skipped"),
+            }
         }
         Ok(out)
     }

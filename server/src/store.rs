@@ -77,6 +77,8 @@ struct WriteState {
     poisoned: Option<String>,
     /// The buffer of the last written pack, kept for the next one.
     spare: Option<Vec<u8>>,
+    /// Sealed packs not yet written and indexed, by any thread.
+    outstanding: usize,
 }
 
 impl WriteState {
@@ -88,15 +90,11 @@ impl WriteState {
     }
 }
 
-/// Work for the pack writer thread.
-enum Job {
-    Pack {
-        name: String,
-        bytes: Arc<Vec<u8>>,
-        entries: Vec<PackEntry>,
-    },
-    /// Answered once every pack sent before it is written and indexed.
-    Barrier(std::sync::mpsc::Sender<()>),
+/// A sealed pack for the writer thread.
+struct Job {
+    name: String,
+    bytes: Arc<Vec<u8>>,
+    entries: Vec<PackEntry>,
 }
 
 /// What the store's callers and its writer thread share.
@@ -104,6 +102,8 @@ struct Shared {
     backend: Box<dyn PackBackend>,
     index: Mutex<Index>,
     state: Mutex<WriteState>,
+    /// Signalled (with `state`) whenever a sealed pack has been written.
+    written: std::sync::Condvar,
 }
 
 pub struct Store {
@@ -134,7 +134,14 @@ impl Shared {
     }
 
     /// Writes a sealed pack durably, then indexes it (writer thread).
-    fn write_pack(&self, name: String, bytes: Arc<Vec<u8>>, entries: Vec<PackEntry>) {
+    fn write_pack(
+        &self,
+        Job {
+            name,
+            bytes,
+            entries,
+        }: Job,
+    ) {
         let result = self
             .backend
             .put(&name, &bytes)
@@ -150,6 +157,8 @@ impl Shared {
         if let Ok(buffer) = Arc::try_unwrap(bytes) {
             st.spare = Some(buffer);
         }
+        st.outstanding -= 1;
+        self.written.notify_all();
     }
 }
 
@@ -206,7 +215,9 @@ impl Store {
                     pending: HashMap::new(),
                     poisoned: None,
                     spare: None,
+                    outstanding: 0,
                 }),
+                written: std::sync::Condvar::new(),
             }),
             writer: Mutex::new(None),
         })
@@ -228,16 +239,7 @@ impl Store {
                     .name("pack-writer".into())
                     .spawn(move || {
                         for job in rx {
-                            match job {
-                                Job::Pack {
-                                    name,
-                                    bytes,
-                                    entries,
-                                } => shared.write_pack(name, bytes, entries),
-                                Job::Barrier(done) => {
-                                    let _ = done.send(());
-                                }
-                            }
+                            shared.write_pack(job);
                         }
                     })
                     .expect("spawning the pack writer thread");
@@ -260,6 +262,7 @@ impl Store {
             }
             let (name, bytes, entries) = std::mem::take(w).finish();
             let bytes = Arc::new(bytes);
+            st.outstanding += 1;
             for e in &entries {
                 st.pending.insert(
                     e.id,
@@ -270,7 +273,7 @@ impl Store {
                     },
                 );
             }
-            Job::Pack {
+            Job {
                 name,
                 bytes,
                 entries,
@@ -280,14 +283,22 @@ impl Store {
     }
 
     /// Makes every blob put so far durable and indexed, or reports why not.
+    ///
+    /// Waits for every sealed pack of every thread, not just this one's:
+    /// a blob this session was told the store "has" may sit in another
+    /// session's pack, and a snapshot must not be committed before it.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.seal(Slot::Data)?;
         self.seal(Slot::Tree)?;
-        let (done, wait) = std::sync::mpsc::channel();
-        self.send(Job::Barrier(done))?;
-        wait.recv()
-            .map_err(|_| StoreError::Refused("the pack writer thread has stopped".into()))?;
-        Shared::check_poisoned(&lock(&self.shared.state))
+        let mut st = lock(&self.shared.state);
+        while st.outstanding > 0 && st.poisoned.is_none() {
+            st = self
+                .shared
+                .written
+                .wait(st)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        Shared::check_poisoned(&st)
     }
 
     fn verify_upload(
@@ -445,6 +456,11 @@ impl Repository for Store {
             full
         };
         if full {
+            if slot == Slot::Tree {
+                // Trees name chunks: the chunks' pack goes to disk first, so a
+                // crash never leaves an indexed tree whose chunks are lost.
+                self.seal(Slot::Data)?;
+            }
             self.seal(slot)?;
         }
         Ok(true)
@@ -458,6 +474,8 @@ impl Repository for Store {
 
     fn commit_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId, StoreError> {
         let encoded = snapshot.encode();
+        // What is recorded must read back: refuse now, not on every later listing.
+        Snapshot::decode(&encoded).map_err(|e| StoreError::Refused(format!("snapshot: {e}")))?;
         let id = SnapshotId::of(&encoded);
         let blob = homesync_protocol::BlobEncoder::new(self.config.zstd_level)
             .encode(BlobKind::Snapshot, &encoded);
