@@ -45,6 +45,10 @@ pub struct BackupReport {
 /// Reading buffer per worker: a multiple of the largest chunk, so each
 /// refill cuts several chunks and moves at most one chunk's bytes.
 const READ_BUFFER: usize = 8 << 20;
+/// Files up to this size are read whole and stored in batches.
+const SMALL_FILE: u64 = 64 << 10;
+/// Files per batch (at most SMALL_FILE bytes each held in memory).
+const GROUP: usize = 128;
 /// A file that keeps changing is read at most this many times.
 const READ_ATTEMPTS: usize = 3;
 
@@ -147,20 +151,31 @@ mod libc_flags {
 }
 
 impl Pipeline<'_> {
-    /// Stores one chunk if the store lacks it; returns its id.
-    fn store_chunk(&self, data: &[u8]) -> Result<ChunkId, StoreError> {
-        let id = ChunkId::of(data);
-        if !self.repo.has_blobs(&[id.into()])?[0] {
+    /// Stores a batch of chunks: one `has` question for all of them, then
+    /// each missing chunk compressed and put once. Batching matters over a
+    /// network, where each question is a round trip.
+    fn store_chunks(&self, pieces: &[&[u8]]) -> Result<Vec<ChunkId>, StoreError> {
+        let ids: Vec<ChunkId> = pieces.iter().map(|p| ChunkId::of(p)).collect();
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let blob_ids: Vec<_> = ids.iter().map(|&id| id.into()).collect();
+        let present = self.repo.has_blobs(&blob_ids)?;
+        let mut sent = std::collections::HashSet::new();
+        for ((piece, id), present) in pieces.iter().zip(&ids).zip(present) {
+            if present || !sent.insert(*id) {
+                continue;
+            }
             let added = ENCODED.with(|out| {
                 let mut out = out.borrow_mut();
                 ENCODER.with(|e| {
                     e.borrow_mut()
                         .get_or_insert_with(|| BlobEncoder::new(self.level))
-                        .encode_into(BlobKind::Chunk, data, &mut out)
+                        .encode_into(BlobKind::Chunk, piece, &mut out)
                 });
                 Ok::<_, StoreError>(
                     self.repo
-                        .put_blob(id.into(), BlobKind::Chunk, &out)?
+                        .put_blob((*id).into(), BlobKind::Chunk, &out)?
                         .then_some(out.len()),
                 )
             })?;
@@ -169,7 +184,7 @@ impl Pipeline<'_> {
                 self.counters.bytes_added.fetch_add(len as u64, Relaxed);
             }
         }
-        Ok(id)
+        Ok(ids)
     }
 
     /// Reads `regions` of `file` (all of it when `None`) through the chunker,
@@ -210,22 +225,113 @@ impl Pipeline<'_> {
                     if filled == buf.len() {
                         let cuts = self.chunker.cut(&buf[..filled], false);
                         let end = cuts.last().map_or(0, |r| r.end);
-                        for r in cuts {
-                            chunks.push(self.store_chunk(&buf[r])?);
-                        }
+                        let pieces: Vec<&[u8]> = cuts.into_iter().map(|r| &buf[r]).collect();
+                        chunks.extend(self.store_chunks(&pieces)?);
                         buf.copy_within(end..filled, 0);
                         filled -= end;
                     }
                 }
                 let last = ri + 1 == regions.len();
                 if last {
-                    for r in self.chunker.cut(&buf[..filled], true) {
-                        chunks.push(self.store_chunk(&buf[r])?);
-                    }
+                    let cuts = self.chunker.cut(&buf[..filled], true);
+                    let pieces: Vec<&[u8]> = cuts.into_iter().map(|r| &buf[r]).collect();
+                    chunks.extend(self.store_chunks(&pieces)?);
                 }
             }
             Ok((chunks, total))
         })
+    }
+
+    /// Reads a small file whole (one chunk at most) without storing it.
+    /// `None` when it is no longer small or is sparse: read it normally.
+    fn read_small(&self, job: &FileJob) -> Result<Option<(Vec<u8>, FileContent, bool)>, Failure> {
+        let file = open_for_reading(&job.path)?;
+        let before = file.metadata()?;
+        if (before.dev(), before.ino()) != (job.dev, job.ino) {
+            return Err(Failure::Entry(
+                "replaced by another file during the backup".into(),
+            ));
+        }
+        if !before.is_file() {
+            return Err(Failure::Entry("no longer a regular file".into()));
+        }
+        if before.size() > SMALL_FILE || meta::maybe_sparse(&before) {
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(before.size() as usize);
+        std::io::Read::read_to_end(&mut std::io::Read::take(&file, SMALL_FILE + 1), &mut data)?;
+        if data.len() as u64 > SMALL_FILE {
+            return Ok(None);
+        }
+        let after = file.metadata()?;
+        let stable = before.size() == after.size()
+            && before.mtime() == after.mtime()
+            && before.mtime_nsec() == after.mtime_nsec()
+            && before.ctime() == after.ctime()
+            && before.ctime_nsec() == after.ctime_nsec()
+            && data.len() as u64 == after.size();
+        if !stable {
+            // Changing under us: the normal path re-reads it.
+            return Ok(None);
+        }
+        self.counters.files_read.fetch_add(1, Relaxed);
+        self.counters
+            .bytes_read
+            .fetch_add(data.len() as u64, Relaxed);
+        self.progress
+            .bytes_done
+            .fetch_add(data.len() as u64, Relaxed);
+        let content = FileContent {
+            size: data.len() as u64,
+            mtime: stamp(after.mtime(), after.mtime_nsec()),
+            ctime: stamp(after.ctime(), after.ctime_nsec()),
+            chunks: Vec::new(),
+            extents: Vec::new(),
+        };
+        Ok(Some((data, content, true)))
+    }
+
+    /// Backs up a group of files: small ones are read whole and their
+    /// chunks stored in one batch (one `has` question for the group), the
+    /// others one by one.
+    fn read_group(&self, jobs: &[&FileJob]) -> Vec<Result<(FileContent, bool), Failure>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut small: Vec<(usize, Vec<u8>)> = Vec::new();
+        for job in jobs {
+            let r = if job.size <= SMALL_FILE {
+                match self.read_small(job) {
+                    Ok(Some((data, content, stable))) => {
+                        small.push((out.len(), data));
+                        Ok((content, stable))
+                    }
+                    Ok(None) => self.read_file(job),
+                    Err(e) => Err(e),
+                }
+            } else {
+                self.read_file(job)
+            };
+            out.push(r);
+        }
+        let with_data: Vec<&(usize, Vec<u8>)> =
+            small.iter().filter(|(_, d)| !d.is_empty()).collect();
+        let pieces: Vec<&[u8]> = with_data.iter().map(|(_, d)| d.as_slice()).collect();
+        match self.store_chunks(&pieces) {
+            Ok(ids) => {
+                for ((i, _), id) in with_data.iter().zip(ids) {
+                    if let Ok((content, _)) = &mut out[*i] {
+                        content.chunks = vec![id];
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                out[with_data[0].0] = Err(Failure::Store(e));
+                for (i, _) in &with_data[1..] {
+                    out[*i] = Err(Failure::Entry(format!("not stored: {msg}")));
+                }
+            }
+        }
+        out
     }
 
     fn read_file(&self, job: &FileJob) -> Result<(FileContent, bool), Failure> {
@@ -379,49 +485,63 @@ fn backup_once(
     let known = cache.as_ref().filter(|_| trust_cache).map(|c| &c.known);
     let results: Vec<Option<(FileContent, bool)>> = scan
         .files
-        .par_iter()
-        .map(|job| {
+        .par_chunks(GROUP)
+        .map(|group| {
+            let mut out: Vec<Option<(FileContent, bool)>> = vec![None; group.len()];
             if abort.load(Relaxed) {
-                return None;
+                return out;
             }
-            if let Some(c) = known.and_then(|k| k.lookup(job.dev, job.ino, job.size, job.mtime, job.ctime))
-            {
-                progress.add_done(1, job.size);
-                return Some((
-                    FileContent {
-                        size: c.size,
-                        mtime: c.mtime,
-                        ctime: c.ctime,
-                        chunks: c.chunks.clone(),
-                        extents: c.extents.clone(),
-                    },
-                    true,
-                ));
-            }
-            let r = pipeline.read_file(job);
-            progress.files_done.fetch_add(1, Relaxed);
-            match r {
-                Ok((content, stable)) => {
-                    if !stable {
-                        errors.lock().expect("errors").push(EntryError::new(
-                            &job.path,
-                            format!("changed while being read ({READ_ATTEMPTS} attempts); the stored copy may be inconsistent"),
+            let mut to_read = Vec::new();
+            for (slot, job) in out.iter_mut().zip(group) {
+                match known.and_then(|k| k.lookup(job.dev, job.ino, job.size, job.mtime, job.ctime)) {
+                    Some(c) => {
+                        progress.add_done(1, job.size);
+                        *slot = Some((
+                            FileContent {
+                                size: c.size,
+                                mtime: c.mtime,
+                                ctime: c.ctime,
+                                chunks: c.chunks.clone(),
+                                extents: c.extents.clone(),
+                            },
+                            true,
                         ));
                     }
-                    Some((content, stable))
-                }
-                Err(Failure::Entry(e)) => {
-                    progress.errors.fetch_add(1, Relaxed);
-                    errors.lock().expect("errors").push(EntryError::new(&job.path, e));
-                    None
-                }
-                Err(Failure::Store(e)) => {
-                    abort.store(true, Relaxed);
-                    fatal.lock().expect("fatal").get_or_insert(e);
-                    None
+                    None => to_read.push(job),
                 }
             }
+            let read = pipeline.read_group(&to_read);
+            let mut read = read.into_iter();
+            for (slot, job) in out.iter_mut().zip(group) {
+                if slot.is_some() {
+                    continue;
+                }
+                progress.files_done.fetch_add(1, Relaxed);
+                match read.next().expect("one result per file read") {
+                    Ok((content, stable)) => {
+                        if !stable {
+                            errors.lock().expect("errors").push(EntryError::new(
+                                &job.path,
+                                format!("changed while being read ({READ_ATTEMPTS} attempts); the stored copy may be inconsistent"),
+                            ));
+                        }
+                        *slot = Some((content, stable));
+                    }
+                    Err(Failure::Entry(e)) => {
+                        progress.errors.fetch_add(1, Relaxed);
+                        errors.lock().expect("errors").push(EntryError::new(&job.path, e));
+                    }
+                    Err(Failure::Store(e)) => {
+                        abort.store(true, Relaxed);
+                        fatal.lock().expect("fatal").get_or_insert(e);
+                    }
+                }
+            }
+            out
         })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flatten()
         .collect();
     if let Some(e) = fatal.into_inner().expect("fatal") {
         return Err(e.into());

@@ -12,8 +12,9 @@ use homesync_protocol::wire::{self, ErrorCode, Request, Response};
 use homesync_protocol::{
     BlobId, BlobKind, Repository, Snapshot, SnapshotId, StoreConfig, StoreError, blob,
 };
+use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Where and how to reach a server.
 #[derive(Debug, Clone)]
@@ -26,8 +27,22 @@ pub struct RemoteOptions {
     pub credential: String,
 }
 
+/// Chunk uploads in flight at once: enough to keep a long link busy while
+/// the workers go on reading and compressing; bounded, so memory is too.
+const PIPELINE: u32 = 32;
+
+/// Chunk uploads sent but not yet answered.
+#[derive(Default)]
+struct InFlight {
+    ids: Mutex<HashSet<BlobId>>,
+    /// The first failed upload; every later call reports it.
+    error: Mutex<Option<String>>,
+}
+
 pub struct RemoteRepository {
     runtime: tokio::runtime::Runtime,
+    permits: Arc<tokio::sync::Semaphore>,
+    inflight: Arc<InFlight>,
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     config: StoreConfig,
@@ -196,6 +211,8 @@ impl RemoteRepository {
         drop(_guard);
         Ok(RemoteRepository {
             runtime,
+            permits: Arc::new(tokio::sync::Semaphore::new(PIPELINE as usize)),
+            inflight: Arc::default(),
             endpoint,
             conn,
             config: StoreConfig {
@@ -258,6 +275,73 @@ impl RemoteRepository {
             })
     }
 
+    /// Waits until every chunk upload is answered; reports the first failure.
+    fn drain(&self) -> Result<(), StoreError> {
+        let permits = self.permits.clone();
+        let all = self
+            .runtime
+            .block_on(permits.acquire_many_owned(PIPELINE))
+            .map_err(|_| refused("upload pipeline closed"))?;
+        drop(all);
+        self.upload_error()
+    }
+
+    fn upload_error(&self) -> Result<(), StoreError> {
+        match &*self
+            .inflight
+            .error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            Some(msg) => Err(refused(format!("an earlier upload failed: {msg}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a chunk without waiting for the answer (at most PIPELINE in flight).
+    fn put_pipelined(&self, id: BlobId, req: Request) -> Result<bool, StoreError> {
+        self.upload_error()?;
+        if !self
+            .inflight
+            .ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id)
+        {
+            return Ok(false);
+        }
+        let permit = self
+            .runtime
+            .block_on(self.permits.clone().acquire_owned())
+            .map_err(|_| refused("upload pipeline closed"))?;
+        let conn = self.conn.clone();
+        let inflight = self.inflight.clone();
+        self.runtime.spawn(async move {
+            let failure = match call(&conn, &req).await {
+                Ok(Response::Put { .. }) => None,
+                Ok(Response::Error { code, message }) => {
+                    Some(format!("chunk {id}: {code:?}: {message}"))
+                }
+                Ok(other) => Some(format!("chunk {id}: {}", unexpected(other))),
+                Err(e) => Some(format!("chunk {id}: {e}")),
+            };
+            if let Some(msg) = failure {
+                inflight
+                    .error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(msg);
+            }
+            inflight
+                .ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            drop(permit);
+        });
+        Ok(true)
+    }
+
     fn request(&self, req: &Request, id: Option<BlobId>) -> Result<Response, StoreError> {
         match self.runtime.block_on(call(&self.conn, req))? {
             Response::Error { code, message } => Err(from_wire(code, message, id)),
@@ -288,6 +372,7 @@ async fn call(conn: &quinn::Connection, req: &Request) -> Result<Response, Store
 
 impl Drop for RemoteRepository {
     fn drop(&mut self) {
+        let _ = self.drain();
         self.conn.close(0u32.into(), b"done");
         let endpoint = self.endpoint.clone();
         self.runtime.block_on(async move {
@@ -303,27 +388,42 @@ impl Repository for RemoteRepository {
     }
 
     fn has_blobs(&self, ids: &[BlobId]) -> Result<Vec<bool>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for batch in ids.chunks(wire::MAX_HAS_BATCH) {
-            match self.request(
-                &Request::Has {
-                    ids: batch.to_vec(),
-                },
-                None,
-            )? {
-                Response::Has { present } if present.len() == batch.len() => out.extend(present),
+        self.upload_error()?;
+        // Chunks on their way up count as present: never sent twice.
+        let mut out: Vec<bool> = {
+            let sending = self.inflight.ids.lock().unwrap_or_else(|e| e.into_inner());
+            ids.iter().map(|id| sending.contains(id)).collect()
+        };
+        let ask: Vec<usize> = (0..ids.len()).filter(|&i| !out[i]).collect();
+        for batch in ask.chunks(wire::MAX_HAS_BATCH) {
+            let req = Request::Has {
+                ids: batch.iter().map(|&i| ids[i]).collect(),
+            };
+            match self.request(&req, None)? {
+                Response::Has { present } if present.len() == batch.len() => {
+                    for (&i, p) in batch.iter().zip(present) {
+                        out[i] = p;
+                    }
+                }
                 other => return Err(unexpected(other)),
             }
         }
         Ok(out)
     }
 
+    /// Chunks are pipelined (the answer "stored" means "sent"); a tree
+    /// waits for every chunk upload first, because the server accepts a
+    /// tree only when everything it names is there.
     fn put_blob(&self, id: BlobId, kind: BlobKind, encoded: &[u8]) -> Result<bool, StoreError> {
         let req = Request::Put {
             id,
             kind: kind as u8,
             blob: encoded.to_vec(),
         };
+        if kind == BlobKind::Chunk {
+            return self.put_pipelined(id, req);
+        }
+        self.drain()?;
         match self.request(&req, Some(id))? {
             Response::Put { stored } => Ok(stored),
             other => Err(unexpected(other)),
@@ -331,6 +431,7 @@ impl Repository for RemoteRepository {
     }
 
     fn get_blob(&self, id: BlobId, kind: BlobKind) -> Result<Vec<u8>, StoreError> {
+        self.drain()?;
         match self.request(
             &Request::Get {
                 id,
@@ -346,6 +447,7 @@ impl Repository for RemoteRepository {
     }
 
     fn commit_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId, StoreError> {
+        self.drain()?;
         match self.request(
             &Request::Commit {
                 snapshot: snapshot.encode(),
