@@ -44,6 +44,7 @@ pub fn run(cli: &Cli, args: &ServeArgs, out: &Out) -> anyhow::Result<u8> {
         .context("starting the async runtime")?;
     let limits = Limits {
         idle_timeout: cfg.idle_timeout(),
+        max_connections: cfg.max_connections,
         ..Limits::default()
     };
     let endpoint = {
@@ -55,6 +56,8 @@ pub fn run(cli: &Cli, args: &ServeArgs, out: &Out) -> anyhow::Result<u8> {
     let svc = Arc::new(Service {
         store: Arc::new(store),
         auth: Arc::new(auth),
+        max_connections: limits.max_connections,
+        connections: Default::default(),
     });
     runtime.block_on(svc.run(endpoint, shutdown_signal(), GRACE));
     out.note("server stopped");

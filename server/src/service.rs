@@ -69,6 +69,8 @@ impl Identity {
 /// Limits that keep one client from starving the others.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Connections served at once; more are refused at the handshake.
+    pub max_connections: usize,
     /// Concurrent request streams per connection (the back-pressure).
     pub streams_per_connection: u32,
     pub idle_timeout: Duration,
@@ -77,6 +79,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
+            max_connections: 1000,
             streams_per_connection: 32,
             idle_timeout: Duration::from_secs(60),
         }
@@ -126,6 +129,9 @@ struct Authed {
 pub struct Service {
     pub store: Arc<Store>,
     pub auth: Arc<Auth>,
+    pub max_connections: usize,
+    /// Connections being served now.
+    pub connections: std::sync::atomic::AtomicUsize,
 }
 
 impl Service {
@@ -144,8 +150,18 @@ impl Service {
                 _ = &mut shutdown => break,
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
+                    use std::sync::atomic::Ordering::SeqCst;
+                    if self.connections.fetch_add(1, SeqCst) >= self.max_connections {
+                        self.connections.fetch_sub(1, SeqCst);
+                        tracing::warn!("{}: refused: {} connections already", incoming.remote_address(), self.max_connections);
+                        incoming.refuse();
+                        continue;
+                    }
                     let svc = self.clone();
-                    tasks.spawn(async move { svc.connection(incoming).await });
+                    tasks.spawn(async move {
+                        svc.clone().connection(incoming).await;
+                        svc.connections.fetch_sub(1, SeqCst);
+                    });
                 }
             }
         }
