@@ -414,3 +414,93 @@ fn a_connection_survives_a_rebind_mid_transfer() {
         );
     }
 }
+
+#[test]
+fn bad_input_is_refused_and_others_keep_working() {
+    use homesync_client::remote::{RemoteOptions, RemoteRepository};
+    use homesync_protocol::wire::{ErrorCode, Response};
+    use homesync_protocol::{BlobEncoder, BlobId, BlobKind, ChunkId, Repository};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let connect = |cred: &str| {
+        RemoteRepository::connect(&RemoteOptions {
+            server: server.addr.clone(),
+            fingerprint: server.fingerprint.clone(),
+            credential: cred.to_string(),
+        })
+    };
+    let good = connect(&server.add_machine("good", false)).unwrap();
+    let evil_cred = server.add_machine("evil", false);
+
+    // Garbage bytes: BadRequest, then the connection is closed.
+    let evil = connect(&evil_cred).unwrap();
+    let answer = Response::decode(&evil.send_raw(b"\x05\x00\x00\x00\x01junk").unwrap()).unwrap();
+    assert!(
+        matches!(
+            answer,
+            Response::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        evil.snapshots().is_err(),
+        "the connection is closed after bad input"
+    );
+
+    // A frame announcing more than the limit.
+    let evil = connect(&evil_cred).unwrap();
+    let answer = evil.send_raw(&u32::MAX.to_le_bytes());
+    if let Ok(bytes) = answer {
+        let r = Response::decode(&bytes).unwrap();
+        assert!(
+            matches!(
+                r,
+                Response::Error {
+                    code: ErrorCode::BadRequest,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
+
+    // A forged chunk (bytes that do not hash to the id) is refused, not stored.
+    let evil = connect(&evil_cred).unwrap();
+    let blob = BlobEncoder::new(3).encode(BlobKind::Chunk, b"real bytes");
+    let forged = BlobId::of(b"other bytes");
+    let req = homesync_protocol::wire::Request::Put {
+        id: forged,
+        kind: 0,
+        blob,
+    };
+    let r = Response::decode(&evil.send_raw(&req.encode()).unwrap()).unwrap();
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                code: ErrorCode::Corrupt,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert_eq!(evil.has_blobs(&[forged]).unwrap(), vec![false]);
+
+    // A wrong credential is refused.
+    assert!(connect("hs1.evil.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").is_err());
+
+    // Meanwhile the good client works as before.
+    let data = random_bytes(42, 10_000);
+    let id = ChunkId::of(&data);
+    good.put_blob(
+        id.into(),
+        BlobKind::Chunk,
+        &BlobEncoder::new(3).encode(BlobKind::Chunk, &data),
+    )
+    .unwrap();
+    assert_eq!(good.get_blob(id.into(), BlobKind::Chunk).unwrap(), data);
+}

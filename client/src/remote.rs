@@ -275,6 +275,22 @@ impl RemoteRepository {
             })
     }
 
+    /// Sends `bytes` as one request stream and returns the raw answer: for
+    /// protocol diagnostics and tests of how a server meets bad input.
+    pub fn send_raw(&self, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let conn = self.conn.clone();
+        self.runtime.block_on(async move {
+            let lost =
+                |e: &dyn std::fmt::Display| refused(format!("connection to the server lost: {e}"));
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+            send.write_all(bytes).await.map_err(|e| lost(&e))?;
+            send.finish().map_err(|e| lost(&e))?;
+            recv.read_to_end(wire::MAX_FRAME + 4)
+                .await
+                .map_err(|e| lost(&e))
+        })
+    }
+
     /// Waits until every chunk upload is answered; reports the first failure.
     fn drain(&self) -> Result<(), StoreError> {
         let permits = self.permits.clone();
