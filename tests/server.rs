@@ -504,3 +504,42 @@ fn bad_input_is_refused_and_others_keep_working() {
     .unwrap();
     assert_eq!(good.get_blob(id.into(), BlobKind::Chunk).unwrap(), data);
 }
+
+#[test]
+fn sigterm_stops_the_server_cleanly_and_the_store_stays_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = Server::start(tmp.path());
+    let client = server.client(&server.add_machine("laptop", false), tmp.path());
+    let src = tmp.path().join("src");
+    make_tree(&src, 5);
+    let id = client.run(&[&os("backup"), src.as_os_str()]).snapshot_id();
+    let ok = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "the server did not stop within 20 s of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "serve exited with {status}");
+    // The store is whole: the snapshot restores from it directly.
+    let target = tmp.path().join("restored");
+    server
+        .store
+        .run(&[
+            &os("restore"),
+            &os(&id),
+            &os("--target"),
+            target.as_os_str(),
+        ])
+        .expect_ok();
+    assert_same_listing("after SIGTERM", &mtree(&src), &mtree(&target));
+}

@@ -548,8 +548,9 @@ fn backup_once(
     }
 
     tracing::info!("files done at {:?}", timer.elapsed());
+    let mut errors = errors.into_inner().expect("errors");
     let mut stats = SnapshotStats::default();
-    let root = build_trees(&pipeline, &scan, &results, &mut stats)?;
+    let root = build_trees(&pipeline, &scan, &results, &mut stats, &mut errors)?;
     tracing::info!("trees done at {:?}", timer.elapsed());
     let mut root_node = scan.dirs[0].node.clone();
     root_node.subtree = Some(root);
@@ -559,7 +560,6 @@ fn backup_once(
         .rev()
         .find(|(_, s)| s.machine == opts.machine && s.source == source.as_os_str().as_bytes())
         .map(|(id, _)| id);
-    let errors = errors.into_inner().expect("errors");
     let c = &pipeline.counters;
     stats.files_read = c.files_read.load(Relaxed);
     stats.bytes_read = c.bytes_read.load(Relaxed);
@@ -621,6 +621,7 @@ fn build_trees(
     scan: &Scan,
     results: &[Option<(FileContent, bool)>],
     stats: &mut SnapshotStats,
+    errors: &mut Vec<EntryError>,
 ) -> Result<TreeId, ClientError> {
     let mut ids: Vec<Option<TreeId>> = vec![None; scan.dirs.len()];
     let mut encoder = BlobEncoder::new(p.level);
@@ -634,7 +635,22 @@ fn build_trees(
                     stats.dirs += 1;
                 }
                 Link::File(i) | Link::HardlinkOf(i) => {
-                    let Some((c, _)) = &results[i] else { continue };
+                    let Some((c, _)) = &results[i] else {
+                        if matches!(e.link, Link::HardlinkOf(_)) {
+                            // Its first name failed (and was reported): this
+                            // name is left out too, and said so.
+                            errors.push(EntryError::new(
+                                scan.dirs[d]
+                                    .path
+                                    .join(std::ffi::OsStr::from_bytes(&e.node.name)),
+                                format!(
+                                    "left out: it is a hard link to {}, which could not be read",
+                                    String::from_utf8_lossy(&e.node.target)
+                                ),
+                            ));
+                        }
+                        continue;
+                    };
                     n.size = c.size;
                     if matches!(e.link, Link::File(_)) {
                         n.mtime = c.mtime;

@@ -71,8 +71,10 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 PRAGMA user_version = 1;
 ";
 
-/// Entries not seen for this many runs are dropped.
-const KEEP_RUNS: i64 = 5;
+/// Entries not seen for this many runs are dropped. Runs count backups of
+/// every source sharing the cache, so this is generous: a machine backing
+/// up a dozen directories in turn still finds each one's entries.
+const KEEP_RUNS: i64 = 64;
 
 fn err(path: &Path) -> impl Fn(rusqlite::Error) -> crate::ClientError + '_ {
     move |e| crate::ClientError::Cache {
