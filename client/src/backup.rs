@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -99,6 +99,8 @@ struct Counters {
 
 struct Pipeline<'a> {
     repo: &'a dyn Repository,
+    /// The scan root: files are opened beneath it.
+    root: &'a std::os::fd::OwnedFd,
     chunker: ChunkerParams,
     level: i32,
     counters: Counters,
@@ -122,31 +124,24 @@ fn stamp(sec: i64, nsec: i64) -> Timestamp {
     }
 }
 
-/// Opens for reading without following a symlink and, where permitted,
-/// without updating the access time.
-fn open_for_reading(path: &Path) -> std::io::Result<File> {
-    let base = libc_flags::O_NOFOLLOW;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(base | libc_flags::O_NOATIME)
-        .open(path)
+/// Opens `rel` beneath the scan root for reading, without following any
+/// symlink and, where permitted, without updating the access time.
+fn open_for_reading(root: &std::os::fd::OwnedFd, rel: &[u8]) -> std::io::Result<File> {
+    use rustix::fs::OFlags;
+    scan::open_beneath(root, rel, OFlags::RDONLY | OFlags::NOATIME)
         .or_else(|e| {
             // O_NOATIME needs ownership (or CAP_FOWNER): retry without it.
             if e.raw_os_error() == Some(libc_flags::EPERM) {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(base)
-                    .open(path)
+                scan::open_beneath(root, rel, OFlags::RDONLY)
             } else {
                 Err(e)
             }
         })
+        .map(File::from)
 }
 
 /// The few libc constants needed, from rustix (no libc dependency).
 mod libc_flags {
-    pub const O_NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
-    pub const O_NOATIME: i32 = rustix::fs::OFlags::NOATIME.bits() as i32;
     pub const EPERM: i32 = rustix::io::Errno::PERM.raw_os_error();
 }
 
@@ -245,7 +240,7 @@ impl Pipeline<'_> {
     /// Reads a small file whole (one chunk at most) without storing it.
     /// `None` when it is no longer small or is sparse: read it normally.
     fn read_small(&self, job: &FileJob) -> Result<Option<(Vec<u8>, FileContent, bool)>, Failure> {
-        let file = open_for_reading(&job.path)?;
+        let file = open_for_reading(self.root, &job.rel)?;
         let before = file.metadata()?;
         if (before.dev(), before.ino()) != (job.dev, job.ino) {
             return Err(Failure::Entry(
@@ -335,7 +330,7 @@ impl Pipeline<'_> {
     }
 
     fn read_file(&self, job: &FileJob) -> Result<(FileContent, bool), Failure> {
-        let file = open_for_reading(&job.path)?;
+        let file = open_for_reading(self.root, &job.rel)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -474,6 +469,7 @@ fn backup_once(
 
     let pipeline = Pipeline {
         repo,
+        root: &scan.root,
         chunker: repo.config().chunker,
         level: repo.config().zstd_level,
         counters: Counters::default(),

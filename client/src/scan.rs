@@ -9,8 +9,10 @@ use crate::meta;
 use crate::owners::Owners;
 use crate::progress::Progress;
 use homesync_protocol::{Node, NodeKind, Timestamp};
+use rustix::fs::{OFlags, ResolveFlags};
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -18,7 +20,11 @@ use std::path::PathBuf;
 /// A regular file whose contents the pipeline must supply.
 #[derive(Debug, Clone)]
 pub struct FileJob {
+    /// For messages and exclude rules.
     pub path: PathBuf,
+    /// From the scan root: what the file is opened by, never following a
+    /// symlink (see [`open_beneath`]).
+    pub rel: Vec<u8>,
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
@@ -48,6 +54,9 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct ScanDir {
     pub path: PathBuf,
+    /// The directory the scan saw; it is listed only if it is still this one.
+    pub dev: u64,
+    pub ino: u64,
     /// Path from the scan root, `/`-separated raw bytes (empty for the root).
     pub rel: Vec<u8>,
     /// The directory's own metadata.
@@ -60,6 +69,8 @@ pub struct ScanDir {
 /// children before parents (what building trees bottom-up needs).
 #[derive(Debug)]
 pub struct Scan {
+    /// The scan root, open: files are opened beneath it.
+    pub root: OwnedFd,
     pub dirs: Vec<ScanDir>,
     pub files: Vec<FileJob>,
     pub errors: Vec<EntryError>,
@@ -79,6 +90,21 @@ fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
     } else {
         [parent, b"/", name].concat()
     }
+}
+
+/// Opens `rel` beneath the directory `root` without following any symlink
+/// on the way or at the end (`openat2` with `RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS`): a directory swapped for a symlink after the scan
+/// cannot redirect the backup elsewhere.
+pub fn open_beneath(root: &OwnedFd, rel: &[u8], flags: OFlags) -> std::io::Result<OwnedFd> {
+    let path: &[u8] = if rel.is_empty() { b"." } else { rel };
+    Ok(rustix::fs::openat2(
+        root,
+        OsStr::from_bytes(path),
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    )?)
 }
 
 fn ctime_of(m: &std::fs::Metadata) -> Timestamp {
@@ -108,11 +134,20 @@ pub fn scan(
     let name = root
         .file_name()
         .map_or(b"root".to_vec(), |n| n.as_bytes().to_vec());
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| EntryError::new(root, std::io::Error::from(e)))?;
     let mut root_node = meta::node_from(name, &root_meta, opts.owners);
     root_node.xattrs = meta::read_xattrs(root).unwrap_or_default();
     let mut s = Scan {
+        root: root_fd,
         dirs: vec![ScanDir {
             path: root.to_path_buf(),
+            dev: root_meta.dev(),
+            ino: root_meta.ino(),
             rel: Vec::new(),
             node: root_node,
             entries: Vec::new(),
@@ -125,7 +160,35 @@ pub fn scan(
     while let Some(d) = stack.pop() {
         let dir_path = s.dirs[d].path.clone();
         let dir_rel = s.dirs[d].rel.clone();
-        let mut names: Vec<std::ffi::OsString> = match std::fs::read_dir(&dir_path) {
+        // Everything below goes through this descriptor (as
+        // /proc/self/fd/N/name), so the directory listed is the one scanned.
+        let dir_fd = match open_beneath(&s.root, &dir_rel, OFlags::RDONLY | OFlags::DIRECTORY) {
+            Ok(fd) => fd,
+            Err(e) => {
+                s.errors.push(EntryError::new(
+                    &dir_path,
+                    format!("cannot open directory: {e}"),
+                ));
+                continue;
+            }
+        };
+        match rustix::fs::fstat(&dir_fd) {
+            Ok(st) if (st.st_dev, st.st_ino) == (s.dirs[d].dev, s.dirs[d].ino) => {}
+            Ok(_) => {
+                s.errors.push(EntryError::new(
+                    &dir_path,
+                    "replaced by another directory during the backup",
+                ));
+                continue;
+            }
+            Err(e) => {
+                s.errors
+                    .push(EntryError::new(&dir_path, std::io::Error::from(e)));
+                continue;
+            }
+        }
+        let base = PathBuf::from(format!("/proc/self/fd/{}", dir_fd.as_raw_fd()));
+        let mut names: Vec<std::ffi::OsString> = match std::fs::read_dir(&base) {
             Ok(rd) => rd
                 .filter_map(|e| match e {
                     Ok(e) => Some(e.file_name()),
@@ -144,14 +207,15 @@ pub fn scan(
             }
         };
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        let tagged_cache = opts.excludes.is_tagged_cache(&dir_path);
+        let tagged_cache = opts.excludes.is_tagged_cache(&base);
         let mut entries = Vec::with_capacity(names.len());
         for name in names {
             if tagged_cache && name != OsStr::new("CACHEDIR.TAG") {
                 continue;
             }
             let path = dir_path.join(&name);
-            let m = match std::fs::symlink_metadata(&path) {
+            let via = base.join(&name);
+            let m = match std::fs::symlink_metadata(&via) {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted since listing
                 Err(e) => {
@@ -165,7 +229,7 @@ pub fn scan(
             let name = name.as_bytes().to_vec();
             let rel = join_rel(&dir_rel, &name);
             let mut node = meta::node_from(name, &m, opts.owners);
-            match meta::read_xattrs(&path) {
+            match meta::read_xattrs(&via) {
                 Ok(x) => node.xattrs = x,
                 Err(e) => s
                     .errors
@@ -177,6 +241,8 @@ pub fn scan(
                     let cross = opts.one_file_system && m.dev() != root_dev;
                     s.dirs.push(ScanDir {
                         path: path.clone(),
+                        dev: m.dev(),
+                        ino: m.ino(),
                         rel: rel.clone(),
                         node: node.clone(),
                         entries: Vec::new(),
@@ -187,7 +253,7 @@ pub fn scan(
                     }
                     Link::Dir(i)
                 }
-                NodeKind::Symlink => match std::fs::read_link(&path) {
+                NodeKind::Symlink => match std::fs::read_link(&via) {
                     Ok(t) => {
                         node.target = t.into_os_string().into_encoded_bytes();
                         Link::None
@@ -208,6 +274,7 @@ pub fn scan(
                         let i = s.files.len();
                         s.files.push(FileJob {
                             path,
+                            rel: rel.clone(),
                             dev: m.dev(),
                             ino: m.ino(),
                             size: m.size(),
@@ -228,4 +295,25 @@ pub fn scan(
         s.dirs[d].entries = entries;
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_beneath_never_follows_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"x").unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::fs::write(dir.path().join("real/file"), b"y").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("swapped")).unwrap();
+        std::os::unix::fs::symlink("real/file", dir.path().join("link")).unwrap();
+        let root: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
+        assert!(open_beneath(&root, b"real/file", OFlags::RDONLY).is_ok());
+        assert!(open_beneath(&root, b"swapped/secret", OFlags::RDONLY).is_err());
+        assert!(open_beneath(&root, b"link", OFlags::RDONLY).is_err());
+        assert!(open_beneath(&root, b"../x", OFlags::RDONLY).is_err());
+    }
 }
