@@ -27,9 +27,11 @@ pub struct RemoteOptions {
     pub credential: String,
 }
 
-/// Chunk uploads in flight at once: enough to keep a long link busy while
-/// the workers go on reading and compressing; bounded, so memory is too.
-const PIPELINE: u32 = 32;
+/// Bytes of chunk uploads in flight at once, in units of [`UNIT`]: enough
+/// to keep a long link busy while the workers go on reading and
+/// compressing; bounded, so memory is too (24 MiB).
+const PIPELINE: u32 = 384;
+const UNIT: usize = 64 << 10;
 
 /// Chunk uploads sent but not yet answered.
 #[derive(Default)]
@@ -173,10 +175,19 @@ impl RemoteRepository {
         .parse()
         .expect("literal");
         let _guard = runtime.enter();
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| ClientError::Io {
-            path: "QUIC client socket".into(),
-            source,
-        })?;
+        let mut endpoint = udp_socket(bind)
+            .and_then(|socket| {
+                quinn::Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    None,
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )
+            })
+            .map_err(|source| ClientError::Io {
+                path: "QUIC client socket".into(),
+                source,
+            })?;
         endpoint.set_default_client_config(config);
         let conn = runtime
             .block_on(async {
@@ -262,7 +273,7 @@ impl RemoteRepository {
     /// networks); QUIC carries the session over.
     pub fn rebind(&self) -> Result<(), ClientError> {
         let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal");
-        let socket = std::net::UdpSocket::bind(bind).map_err(|source| ClientError::Io {
+        let socket = udp_socket(bind).map_err(|source| ClientError::Io {
             path: "QUIC client socket".into(),
             source,
         })?;
@@ -326,9 +337,13 @@ impl RemoteRepository {
         {
             return Ok(false);
         }
+        let Request::Put { blob, .. } = &req else {
+            unreachable!("only puts are pipelined")
+        };
+        let units = (blob.len().div_ceil(UNIT) as u32).clamp(1, PIPELINE);
         let permit = self
             .runtime
-            .block_on(self.permits.clone().acquire_owned())
+            .block_on(self.permits.clone().acquire_many_owned(units))
             .map_err(|_| refused("upload pipeline closed"))?;
         let conn = self.conn.clone();
         let inflight = self.inflight.clone();
@@ -364,6 +379,21 @@ impl RemoteRepository {
             r => Ok(r),
         }
     }
+}
+
+/// A UDP socket with 4 MiB buffers (the kernel default drops packets under
+/// a burst of uploads, and each loss halves QUIC's congestion window).
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: the kernel caps them at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 fn unexpected(r: Response) -> StoreError {

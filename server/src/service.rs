@@ -112,10 +112,33 @@ pub fn endpoint(
         limits.idle_timeout.try_into().map_err(|e| refused(&e))?,
     ));
     config.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(config, listen).map_err(|source| StoreError::Io {
+    let io = |source| StoreError::Io {
         context: format!("listening on {listen}"),
         source,
-    })
+    };
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        udp_socket(listen).map_err(io)?,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(io)
+}
+
+/// A UDP socket with 4 MiB buffers: with the kernel's default (208 KiB) a
+/// burst of uploads overflows the receive buffer even on loopback, and
+/// every lost packet halves QUIC's congestion window.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: the kernel caps them at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Who a session is, and the credential to re-check on each request.
