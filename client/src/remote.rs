@@ -8,7 +8,7 @@
 //! BLAKE3 fingerprint: no CA, and nothing else is accepted.
 
 use crate::error::ClientError;
-use homesync_protocol::wire::{self, ErrorCode, Request, Response};
+use homesync_protocol::wire::{self, ErrorCode, PutItem, Request, Response};
 use homesync_protocol::{
     BlobId, BlobKind, Repository, Snapshot, SnapshotId, StoreConfig, StoreError, blob,
 };
@@ -32,6 +32,10 @@ pub struct RemoteOptions {
 /// compressing; bounded, so memory is too (24 MiB).
 const PIPELINE: u32 = 384;
 const UNIT: usize = 64 << 10;
+/// Chunks smaller than this travel in batches of up to this many bytes...
+const BATCH_BYTES: usize = 1 << 20;
+/// ...or this many chunks.
+const BATCH_CHUNKS: usize = 512;
 
 /// Chunk uploads sent but not yet answered.
 #[derive(Default)]
@@ -45,6 +49,8 @@ pub struct RemoteRepository {
     runtime: tokio::runtime::Runtime,
     permits: Arc<tokio::sync::Semaphore>,
     inflight: Arc<InFlight>,
+    /// Small chunks waiting to go as one `PutBatch`, and their bytes.
+    batch: Mutex<(Vec<PutItem>, usize)>,
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     config: StoreConfig,
@@ -224,6 +230,7 @@ impl RemoteRepository {
             runtime,
             permits: Arc::new(tokio::sync::Semaphore::new(PIPELINE as usize)),
             inflight: Arc::default(),
+            batch: Mutex::default(),
             endpoint,
             conn,
             config: StoreConfig {
@@ -302,8 +309,14 @@ impl RemoteRepository {
         })
     }
 
-    /// Waits until every chunk upload is answered; reports the first failure.
+    /// Sends the open batch, waits until every chunk upload is answered;
+    /// reports the first failure.
     fn drain(&self) -> Result<(), StoreError> {
+        let (chunks, bytes) =
+            std::mem::take(&mut *self.batch.lock().unwrap_or_else(|e| e.into_inner()));
+        if !chunks.is_empty() {
+            self.send_batch(chunks, bytes)?;
+        }
         let permits = self.permits.clone();
         let all = self
             .runtime
@@ -325,8 +338,10 @@ impl RemoteRepository {
         }
     }
 
-    /// Sends a chunk without waiting for the answer (at most PIPELINE in flight).
-    fn put_pipelined(&self, id: BlobId, req: Request) -> Result<bool, StoreError> {
+    /// Queues a chunk: a small one joins the open batch (sent as one
+    /// `PutBatch` when it holds 1 MiB or 512 chunks), a large one is sent
+    /// alone. Neither waits for the answer.
+    fn put_chunk(&self, id: BlobId, blob: &[u8]) -> Result<bool, StoreError> {
         self.upload_error()?;
         if !self
             .inflight
@@ -337,10 +352,45 @@ impl RemoteRepository {
         {
             return Ok(false);
         }
-        let Request::Put { blob, .. } = &req else {
-            unreachable!("only puts are pipelined")
+        if blob.len() >= BATCH_BYTES {
+            let req = Request::Put {
+                id,
+                kind: BlobKind::Chunk as u8,
+                blob: blob.to_vec(),
+            };
+            self.send_pipelined(vec![id], req, blob.len())?;
+            return Ok(true);
+        }
+        let full = {
+            let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+            batch.0.push(PutItem {
+                id,
+                blob: blob.to_vec(),
+            });
+            batch.1 += blob.len();
+            (batch.1 >= BATCH_BYTES || batch.0.len() >= BATCH_CHUNKS)
+                .then(|| std::mem::take(&mut *batch))
         };
-        let units = (blob.len().div_ceil(UNIT) as u32).clamp(1, PIPELINE);
+        if let Some((chunks, bytes)) = full {
+            self.send_batch(chunks, bytes)?;
+        }
+        Ok(true)
+    }
+
+    fn send_batch(&self, chunks: Vec<PutItem>, bytes: usize) -> Result<(), StoreError> {
+        let ids = chunks.iter().map(|c| c.id).collect();
+        self.send_pipelined(ids, Request::PutBatch { chunks }, bytes)
+    }
+
+    /// Sends an upload without waiting for its answer, within the byte
+    /// budget of the pipeline; a failure is reported by the next call.
+    fn send_pipelined(
+        &self,
+        ids: Vec<BlobId>,
+        req: Request,
+        bytes: usize,
+    ) -> Result<(), StoreError> {
+        let units = (bytes.div_ceil(UNIT) as u32).clamp(1, PIPELINE);
         let permit = self
             .runtime
             .block_on(self.permits.clone().acquire_many_owned(units))
@@ -348,13 +398,15 @@ impl RemoteRepository {
         let conn = self.conn.clone();
         let inflight = self.inflight.clone();
         self.runtime.spawn(async move {
+            let first = ids[0];
             let failure = match call(&conn, &req).await {
                 Ok(Response::Put { .. }) => None,
+                Ok(Response::PutBatch { stored }) if stored.len() == ids.len() => None,
                 Ok(Response::Error { code, message }) => {
-                    Some(format!("chunk {id}: {code:?}: {message}"))
+                    Some(format!("uploading chunk {first}…: {code:?}: {message}"))
                 }
-                Ok(other) => Some(format!("chunk {id}: {}", unexpected(other))),
-                Err(e) => Some(format!("chunk {id}: {e}")),
+                Ok(other) => Some(format!("uploading chunk {first}…: {}", unexpected(other))),
+                Err(e) => Some(format!("uploading chunk {first}…: {e}")),
             };
             if let Some(msg) = failure {
                 inflight
@@ -363,14 +415,13 @@ impl RemoteRepository {
                     .unwrap_or_else(|e| e.into_inner())
                     .get_or_insert(msg);
             }
-            inflight
-                .ids
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            let mut sending = inflight.ids.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &ids {
+                sending.remove(id);
+            }
             drop(permit);
         });
-        Ok(true)
+        Ok(())
     }
 
     fn request(&self, req: &Request, id: Option<BlobId>) -> Result<Response, StoreError> {
@@ -461,14 +512,14 @@ impl Repository for RemoteRepository {
     /// waits for every chunk upload first, because the server accepts a
     /// tree only when everything it names is there.
     fn put_blob(&self, id: BlobId, kind: BlobKind, encoded: &[u8]) -> Result<bool, StoreError> {
+        if kind == BlobKind::Chunk {
+            return self.put_chunk(id, encoded);
+        }
         let req = Request::Put {
             id,
             kind: kind as u8,
             blob: encoded.to_vec(),
         };
-        if kind == BlobKind::Chunk {
-            return self.put_pipelined(id, req);
-        }
         self.drain()?;
         match self.request(&req, Some(id))? {
             Response::Put { stored } => Ok(stored),

@@ -29,6 +29,16 @@ const FRAME_VERSION: u8 = 1;
 pub const MAX_FRAME: usize = MAX_PLAIN_LEN + (1 << 20);
 /// At most this many ids per `Has` request.
 pub const MAX_HAS_BATCH: usize = 65_536;
+/// At most this many chunks per `PutBatch` request.
+pub const MAX_PUT_BATCH: usize = 4096;
+
+/// One chunk of a `PutBatch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutItem {
+    pub id: BlobId,
+    #[serde(with = "serde_bytes")]
+    pub blob: Vec<u8>,
+}
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +65,9 @@ pub enum Request {
     /// Snapshots visible to the session (its own machine's, or those of
     /// `machine` for an admin; a restore token sees its machine's).
     Snapshots { machine: Option<String> },
+    /// Many small chunks in one stream (a stream per 2 KiB file costs more
+    /// than the file); each is checked exactly as a `Put` would be.
+    PutBatch { chunks: Vec<PutItem> },
 }
 
 /// Why a request failed. Stable numbers: clients map them to exit codes.
@@ -108,6 +121,9 @@ pub enum Response {
         /// Encoded snapshots (each checked against its id by the client).
         list: Vec<serde_bytes::ByteBuf>,
     },
+    PutBatch {
+        stored: Vec<bool>,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -127,6 +143,8 @@ pub enum WireError {
     Format(#[from] FormatError),
     #[error("`Has` with {0} ids, over the limit of {MAX_HAS_BATCH}")]
     BatchTooLarge(usize),
+    #[error("`PutBatch` with {0} chunks, over the limit of {MAX_PUT_BATCH}")]
+    PutBatchTooLarge(usize),
 }
 
 fn frame(payload: Vec<u8>) -> Vec<u8> {
@@ -182,6 +200,11 @@ impl Request {
         {
             return Err(WireError::BatchTooLarge(ids.len()));
         }
+        if let Request::PutBatch { chunks } = &req
+            && chunks.len() > MAX_PUT_BATCH
+        {
+            return Err(WireError::PutBatchTooLarge(chunks.len()));
+        }
         Ok(req)
     }
 
@@ -194,6 +217,7 @@ impl Request {
             Request::Get { .. } => "Get",
             Request::Commit { .. } => "Commit",
             Request::Snapshots { .. } => "Snapshots",
+            Request::PutBatch { .. } => "PutBatch",
         }
     }
 }
@@ -295,6 +319,12 @@ mod tests {
             },
             Request::Snapshots {
                 machine: Some("m".into()),
+            },
+            Request::PutBatch {
+                chunks: vec![PutItem {
+                    id: BlobId([6; 32]),
+                    blob: vec![1, 2],
+                }],
             },
         ]
     }
@@ -416,7 +446,7 @@ mod tests {
         }
 
         #[test]
-        fn mutated_requests_never_panic(which in 0usize..6, at: usize, val: u8) {
+        fn mutated_requests_never_panic(which in 0usize..7, at: usize, val: u8) {
             let mut f = requests()[which].encode();
             let i = at % f.len();
             f[i] = val;

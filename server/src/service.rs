@@ -379,6 +379,16 @@ impl Service {
                     .put_blob(id, kind, &blob)
                     .map(|stored| Response::Put { stored })
             }
+            Request::PutBatch { chunks } => {
+                if !p.can_upload_blobs() {
+                    return Response::error(ErrorCode::Forbidden, "this credential cannot upload");
+                }
+                chunks
+                    .iter()
+                    .map(|c| self.store.put_blob(c.id, BlobKind::Chunk, &c.blob))
+                    .collect::<Result<Vec<bool>, _>>()
+                    .map(|stored| Response::PutBatch { stored })
+            }
             Request::Get { id, kind } => match kind_of(kind) {
                 Ok(kind) => self
                     .store
