@@ -172,6 +172,11 @@ impl RemoteRepository {
         let mut transport = quinn::TransportConfig::default();
         // Keep a quiet session (a long scan) alive through NATs.
         transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
+        // Probe for paths that carry datagrams larger than 1452 bytes (loopback,
+        // jumbo-frame LANs): every packet costs CPU on both ends.
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(16_384);
+        transport.mtu_discovery_config(Some(mtu));
         config.transport_config(Arc::new(transport));
         let bind: SocketAddr = if addr.is_ipv6() {
             "[::]:0"
@@ -460,8 +465,14 @@ async fn call(conn: &quinn::Connection, req: &Request) -> Result<Response, Store
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
     send.write_all(&req.encode()).await.map_err(|e| lost(&e))?;
     send.finish().map_err(|e| lost(&e))?;
-    let bytes = recv
-        .read_to_end(wire::MAX_FRAME + 4)
+    // One allocation at the announced size (checked against the limit).
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.map_err(|e| lost(&e))?;
+    let len = wire::frame_len(header)
+        .map_err(|e| refused(format!("malformed answer from the server: {e}")))?;
+    let mut bytes = vec![0u8; 4 + len];
+    bytes[..4].copy_from_slice(&header);
+    recv.read_exact(&mut bytes[4..])
         .await
         .map_err(|e| lost(&e))?;
     Response::decode(&bytes).map_err(|e| refused(format!("malformed answer from the server: {e}")))

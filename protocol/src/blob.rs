@@ -132,8 +132,22 @@ impl<'a> Blob<'a> {
             Codec::Zstd => {
                 let mut out = Vec::with_capacity(self.plain_len);
                 // `decompress_to_buffer` never writes past the capacity we set.
-                let n = zstd::bulk::Decompressor::new()
-                    .and_then(|mut d| d.decompress_to_buffer(self.payload, &mut out))
+                // One decompression context per thread: making one costs
+                // more than decompressing a small blob.
+                thread_local! {
+                    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                        const { std::cell::RefCell::new(None) };
+                }
+                let n = DECOMPRESSOR
+                    .with(|d| {
+                        let mut d = d.borrow_mut();
+                        if d.is_none() {
+                            *d = Some(zstd::bulk::Decompressor::new()?);
+                        }
+                        d.as_mut()
+                            .expect("just made")
+                            .decompress_to_buffer(self.payload, &mut out)
+                    })
                     .map_err(|e| BlobError::Decompress(e.to_string()))?;
                 if n != self.plain_len {
                     return Err(BlobError::Length {

@@ -268,10 +268,18 @@ impl Tree {
 }
 
 pub(crate) fn encode_versioned<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
-    let mut out = vec![version];
+    encode_versioned_after(Vec::new(), version, value)
+}
+
+/// Appends the version byte and the encoding to `out` (one buffer, no copy).
+pub(crate) fn encode_versioned_after<T: Serialize>(
+    mut out: Vec<u8>,
+    version: u8,
+    value: &T,
+) -> Vec<u8> {
+    out.push(version);
     // Serialising plain structs of integers, vecs and strings cannot fail.
-    out.extend(postcard::to_allocvec(value).expect("postcard encoding of an in-memory value"));
-    out
+    postcard::to_extend(value, out).expect("postcard encoding of an in-memory value")
 }
 
 pub(crate) fn decode_versioned<T: serde::de::DeserializeOwned>(

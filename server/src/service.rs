@@ -8,7 +8,7 @@
 
 use crate::auth::{Auth, Principal, Role};
 use crate::store::Store;
-use homesync_protocol::wire::{self, ErrorCode, MAX_FRAME, Request, Response, Session};
+use homesync_protocol::wire::{self, ErrorCode, Request, Response, Session};
 use homesync_protocol::{BlobKind, Repository, Snapshot, StoreError};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -108,6 +108,11 @@ pub fn endpoint(
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(limits.streams_per_connection.into());
     transport.max_concurrent_uni_streams(0u8.into());
+    // Probe for paths that carry datagrams larger than 1452 bytes (loopback,
+    // jumbo-frame LANs): every packet costs CPU on both ends.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(16_384);
+    transport.mtu_discovery_config(Some(mtu));
     transport.max_idle_timeout(Some(
         limits.idle_timeout.try_into().map_err(|e| refused(&e))?,
     ));
@@ -249,11 +254,9 @@ impl Service {
         mut recv: quinn::RecvStream,
     ) {
         let peer = conn.remote_address();
-        let response = match recv.read_to_end(MAX_FRAME + 4).await {
-            Err(quinn::ReadToEndError::TooLong) => {
-                Response::error(ErrorCode::BadRequest, "request over the frame limit")
-            }
-            Err(e) => {
+        let response = match read_frame(&mut recv).await {
+            Err(FrameError::Bad(why)) => Response::error(ErrorCode::BadRequest, why),
+            Err(FrameError::Stream(e)) => {
                 tracing::debug!("{peer}: stream failed: {e}");
                 return;
             }
@@ -442,6 +445,38 @@ impl Service {
             };
             Response::error(code, e.to_string())
         })
+    }
+}
+
+enum FrameError {
+    /// The peer sent something that is not one frame: answer BadRequest.
+    Bad(String),
+    /// The stream broke: nobody to answer.
+    Stream(String),
+}
+
+/// Reads exactly one request frame and the end of the stream. The length
+/// prefix is checked first and the buffer allocated once at its size, so an
+/// oversized claim costs nothing and a large blob is not copied while the
+/// buffer grows.
+async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, FrameError> {
+    use quinn::ReadExactError;
+    let failed = |e: ReadExactError| match e {
+        ReadExactError::FinishedEarly(n) => {
+            FrameError::Bad(format!("request truncated after {n} more bytes"))
+        }
+        ReadExactError::ReadError(e) => FrameError::Stream(e.to_string()),
+    };
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.map_err(failed)?;
+    let len = wire::frame_len(header).map_err(|e| FrameError::Bad(e.to_string()))?;
+    let mut frame = vec![0u8; 4 + len];
+    frame[..4].copy_from_slice(&header);
+    recv.read_exact(&mut frame[4..]).await.map_err(failed)?;
+    match recv.read_chunk(1, true).await {
+        Ok(None) => Ok(frame),
+        Ok(Some(_)) => Err(FrameError::Bad("bytes after the request frame".into())),
+        Err(e) => Err(FrameError::Stream(e.to_string())),
     }
 }
 
