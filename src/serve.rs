@@ -39,6 +39,10 @@ pub fn run(cli: &Cli, args: &ServeArgs, out: &Out) -> anyhow::Result<u8> {
     let identity = Identity::load_or_create(&cfg.cert, &cfg.key)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Store work (SQLite, hashing, pack I/O) runs on the blocking pool;
+        // it is serialised by the store's locks anyway, and every extra
+        // thread is another stack and malloc arena.
+        .max_blocking_threads(8)
         .thread_name("homesync-serve")
         .build()
         .context("starting the async runtime")?;
@@ -53,12 +57,11 @@ pub fn run(cli: &Cli, args: &ServeArgs, out: &Out) -> anyhow::Result<u8> {
     };
     let local = endpoint.local_addr().context("reading the bound address")?;
     out.listening(&local, &identity.fingerprint(), &cfg.store);
-    let svc = Arc::new(Service {
-        store: Arc::new(store),
-        auth: Arc::new(auth),
-        max_connections: limits.max_connections,
-        connections: Default::default(),
-    });
+    let svc = Arc::new(Service::new(
+        Arc::new(store),
+        Arc::new(auth),
+        limits.max_connections,
+    ));
     runtime.block_on(svc.run(endpoint, shutdown_signal(), GRACE));
     out.note("server stopped");
     Ok(exit::OK)

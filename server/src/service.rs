@@ -108,6 +108,11 @@ pub fn endpoint(
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(limits.streams_per_connection.into());
     transport.max_concurrent_uni_streams(0u8.into());
+    // What QUIC buffers for a connection before the service reads it: with
+    // quinn's defaults a fleet of fast uploaders could park gigabytes here.
+    // 4 MiB per connection still fills a 100 ms path at 40 MB/s.
+    transport.receive_window((4u32 << 20).into());
+    transport.stream_receive_window((2u32 << 20).into());
     // Probe for paths that carry datagrams larger than 1452 bytes (loopback,
     // jumbo-frame LANs): every packet costs CPU on both ends.
     let mut mtu = quinn::MtuDiscoveryConfig::default();
@@ -155,14 +160,32 @@ struct Authed {
 
 /// What every connection task shares.
 pub struct Service {
-    pub store: Arc<Store>,
-    pub auth: Arc<Auth>,
-    pub max_connections: usize,
+    store: Arc<Store>,
+    auth: Arc<Auth>,
+    max_connections: usize,
     /// Connections being served now.
-    pub connections: std::sync::atomic::AtomicUsize,
+    connections: std::sync::atomic::AtomicUsize,
+    /// Bytes of requests held in memory by all connections together, in
+    /// units of [`MEMORY_UNIT`]. A stream waits for its share before its
+    /// body is read; meanwhile QUIC flow control holds the client back.
+    memory: Arc<tokio::sync::Semaphore>,
 }
 
+/// All request buffers together stay under this many bytes.
+pub const REQUEST_MEMORY: usize = 64 << 20;
+const MEMORY_UNIT: usize = 64 << 10;
+
 impl Service {
+    pub fn new(store: Arc<Store>, auth: Arc<Auth>, max_connections: usize) -> Service {
+        Service {
+            store,
+            auth,
+            max_connections,
+            connections: Default::default(),
+            memory: Arc::new(tokio::sync::Semaphore::new(REQUEST_MEMORY / MEMORY_UNIT)),
+        }
+    }
+
     /// Accepts connections until `shutdown` resolves, then stops accepting,
     /// lets open requests finish (up to `grace`), and flushes the store.
     pub async fn run(
@@ -254,16 +277,21 @@ impl Service {
         mut recv: quinn::RecvStream,
     ) {
         let peer = conn.remote_address();
-        let response = match read_frame(&mut recv).await {
-            Err(FrameError::Bad(why)) => Response::error(ErrorCode::BadRequest, why),
+        // The memory permit is held until the answer is sent: the request's
+        // bytes live that long.
+        let (response, _memory) = match read_frame(&mut recv, &self.memory).await {
+            Err(FrameError::Bad(why)) => (Response::error(ErrorCode::BadRequest, why), None),
             Err(FrameError::Stream(e)) => {
                 tracing::debug!("{peer}: stream failed: {e}");
                 return;
             }
-            Ok(bytes) => match Request::decode(&bytes) {
-                Err(e) => Response::error(ErrorCode::BadRequest, e.to_string()),
-                Ok(req) => self.request(peer, &session, req).await,
-            },
+            Ok((bytes, permit)) => {
+                let response = match Request::decode(&bytes) {
+                    Err(e) => Response::error(ErrorCode::BadRequest, e.to_string()),
+                    Ok(req) => self.request(peer, &session, req).await,
+                };
+                (response, Some(permit))
+            }
         };
         let close = matches!(
             response,
@@ -459,7 +487,10 @@ enum FrameError {
 /// prefix is checked first and the buffer allocated once at its size, so an
 /// oversized claim costs nothing and a large blob is not copied while the
 /// buffer grows.
-async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, FrameError> {
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    memory: &Arc<tokio::sync::Semaphore>,
+) -> Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit), FrameError> {
     use quinn::ReadExactError;
     let failed = |e: ReadExactError| match e {
         ReadExactError::FinishedEarly(n) => {
@@ -470,11 +501,20 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, FrameError>
     let mut header = [0u8; 4];
     recv.read_exact(&mut header).await.map_err(failed)?;
     let len = wire::frame_len(header).map_err(|e| FrameError::Bad(e.to_string()))?;
+    // Twice the frame: the decoded request holds a copy of its blob.
+    let units = (2 * (4 + len))
+        .div_ceil(MEMORY_UNIT)
+        .min(REQUEST_MEMORY / MEMORY_UNIT) as u32;
+    let permit = memory
+        .clone()
+        .acquire_many_owned(units)
+        .await
+        .map_err(|_| FrameError::Stream("server shutting down".into()))?;
     let mut frame = vec![0u8; 4 + len];
     frame[..4].copy_from_slice(&header);
     recv.read_exact(&mut frame[4..]).await.map_err(failed)?;
     match recv.read_chunk(1, true).await {
-        Ok(None) => Ok(frame),
+        Ok(None) => Ok((frame, permit)),
         Ok(Some(_)) => Err(FrameError::Bad("bytes after the request frame".into())),
         Err(e) => Err(FrameError::Stream(e.to_string())),
     }
