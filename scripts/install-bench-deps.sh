@@ -36,6 +36,9 @@ NEED=(
   b3sum b3sum
   zstd zstd
   openssl openssl
+  rsync rsync
+  /usr/sbin/sshd openssh-server
+  ssh-keygen openssh-client
 )
 missing=()
 for ((i = 0; i < ${#NEED[@]}; i += 2)); do

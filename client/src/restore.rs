@@ -63,6 +63,11 @@ struct Restorer<'a> {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Files restored at once.
+const RESTORE_WORKERS: usize = 8;
+/// Chunks of one file fetched at once (memory: workers x window x 4 MiB).
+const FETCH_WINDOW: usize = 4;
+
 fn tmp_name() -> String {
     format!(
         ".homesync-{}-{}.tmp",
@@ -256,13 +261,19 @@ impl Restorer<'_> {
         let mut written = 0u64;
         if node.is_dense() {
             let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-            for &c in &node.chunks {
-                let data = self.fetch(c)?;
-                w.write_all(&data)?;
-                written += data.len() as u64;
-                self.progress
-                    .bytes_done
-                    .fetch_add(data.len() as u64, Relaxed);
+            // A few chunks of a large file are fetched at once (a round
+            // trip each from a server), then written in order.
+            for window in node.chunks.chunks(FETCH_WINDOW) {
+                let fetched: Vec<Result<Vec<u8>, Fail>> =
+                    window.par_iter().map(|&c| self.fetch(c)).collect();
+                for data in fetched {
+                    let data = data?;
+                    w.write_all(&data)?;
+                    written += data.len() as u64;
+                    self.progress
+                        .bytes_done
+                        .fetch_add(data.len() as u64, Relaxed);
+                }
             }
             w.flush()?;
         } else {
@@ -518,10 +529,19 @@ pub fn restore(
                 || (i.node.kind == NodeKind::Hardlink
                     && !files_planned.contains(i.node.target.as_slice()))
         });
-    contents.par_iter().for_each(|it| {
-        if let Err(e) = r.restore_file(&it.rel, &it.node) {
-            r.fail(&it.rel, e);
-        }
+    // More workers than cores: a worker mostly waits, for the disk or for a
+    // chunk from the server (one round trip each), not for the CPU.
+    let workers = rayon::ThreadPoolBuilder::new()
+        .num_threads(RESTORE_WORKERS)
+        .thread_name(|i| format!("restore-{i}"))
+        .build()
+        .map_err(|e| ClientError::Usage(format!("starting restore workers: {e}")))?;
+    workers.install(|| {
+        contents.par_iter().for_each(|it| {
+            if let Err(e) = r.restore_file(&it.rel, &it.node) {
+                r.fail(&it.rel, e);
+            }
+        })
     });
 
     // 3. Symlinks, special files and hardlinks (their targets now exist).
