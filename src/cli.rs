@@ -55,6 +55,16 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Show what changed between two snapshots
     Diff(DiffArgs),
+    /// Remove snapshots from the list (on a server: admin credentials only);
+    /// their data is reclaimed by garbage collection
+    Forget {
+        /// Snapshot ids, id prefixes, or `latest`
+        #[arg(required = true)]
+        snapshots: Vec<String>,
+        /// Another machine's snapshots (admin credential)
+        #[arg(long)]
+        machine: Option<String>,
+    },
     /// Run the server: the store behind QUIC for a fleet of machines
     Serve(ServeArgs),
     /// Manage machines and credentials of the store at --repo (on the server)

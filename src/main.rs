@@ -349,6 +349,15 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             })?;
             Ok(exit::OK)
         }
+        Command::Forget { snapshots, machine } => {
+            let repo = open_repo(cli, false, &out)?;
+            for spec in snapshots {
+                let (id, _) = repo.resolve(machine.as_deref(), spec)?;
+                repo.dyn_repo().forget_snapshot(id)?;
+                out.note(&format!("forgot snapshot {id}"));
+            }
+            Ok(exit::OK)
+        }
         Command::Serve(a) => serve::run(cli, a, &out),
         Command::Admin(cmd) => {
             let store_dir = cli.repo.clone().unwrap_or_else(default_repo);

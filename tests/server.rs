@@ -279,6 +279,26 @@ fn machines_see_only_their_own_snapshots_and_tokens_work_once() {
         again.describe()
     );
 
+    // Machines are append-only: A cannot delete its own snapshot; an admin can.
+    let delete = a.run(&[&os("forget"), &os(&id)]);
+    assert_ne!(delete.code, 0, "{}", delete.describe());
+    assert!(
+        delete.stdout.contains("append-only"),
+        "{}",
+        delete.describe()
+    );
+    assert_eq!(a.run(&[&os("snapshots")]).messages("snapshot").len(), 1);
+    let admin = server.client(&server.add_machine("ops", true), tmp.path());
+    admin
+        .run(&[
+            &os("forget"),
+            &os(&id),
+            &os("--machine"),
+            &os("alice-laptop"),
+        ])
+        .expect_ok();
+    assert!(a.run(&[&os("snapshots")]).messages("snapshot").is_empty());
+
     // A revoked credential is refused at once.
     server
         .store

@@ -574,4 +574,11 @@ impl Repository for RemoteRepository {
     fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError> {
         self.snapshots_of(None)
     }
+
+    fn forget_snapshot(&self, id: SnapshotId) -> Result<(), StoreError> {
+        match self.request(&Request::Forget { id }, None)? {
+            Response::Forgotten => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
 }

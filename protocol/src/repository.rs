@@ -85,4 +85,9 @@ pub trait Repository: Send + Sync {
 
     /// All snapshots, oldest first.
     fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError>;
+
+    /// Removes a snapshot from the list. Its blobs stay until garbage
+    /// collection finds nothing else references them. A server allows this
+    /// to admin credentials only (machines are append-only).
+    fn forget_snapshot(&self, id: SnapshotId) -> Result<(), StoreError>;
 }

@@ -68,6 +68,8 @@ pub enum Request {
     /// Many small chunks in one stream (a stream per 2 KiB file costs more
     /// than the file); each is checked exactly as a `Put` would be.
     PutBatch { chunks: Vec<PutItem> },
+    /// Remove a snapshot from the list (admin credentials only).
+    Forget { id: SnapshotId },
 }
 
 /// Why a request failed. Stable numbers: clients map them to exit codes.
@@ -124,6 +126,7 @@ pub enum Response {
     PutBatch {
         stored: Vec<bool>,
     },
+    Forgotten,
     Error {
         code: ErrorCode,
         message: String,
@@ -220,6 +223,7 @@ impl Request {
             Request::Commit { .. } => "Commit",
             Request::Snapshots { .. } => "Snapshots",
             Request::PutBatch { .. } => "PutBatch",
+            Request::Forget { .. } => "Forget",
         }
     }
 }
@@ -328,6 +332,9 @@ mod tests {
                     blob: vec![1, 2],
                 }],
             },
+            Request::Forget {
+                id: SnapshotId([7; 32]),
+            },
         ]
     }
 
@@ -356,6 +363,7 @@ mod tests {
             Response::Snapshots {
                 list: vec![serde_bytes::ByteBuf::from(vec![1, 2])],
             },
+            Response::Forgotten,
             Response::error(ErrorCode::Forbidden, "no"),
         ];
         for r in responses {
@@ -448,7 +456,7 @@ mod tests {
         }
 
         #[test]
-        fn mutated_requests_never_panic(which in 0usize..7, at: usize, val: u8) {
+        fn mutated_requests_never_panic(which in 0usize..8, at: usize, val: u8) {
             let mut f = requests()[which].encode();
             let i = at % f.len();
             f[i] = val;

@@ -188,6 +188,18 @@ impl Index {
         tx.commit().map_err(sql)
     }
 
+    /// Deletes the snapshot row `id`.
+    pub fn remove_snapshot(&mut self, id: &SnapshotId) -> Result<(), StoreError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM snapshots WHERE id = ?1", [&id.0[..]])
+            .map_err(sql)?;
+        if n == 0 {
+            return Err(StoreError::NoSnapshot(id.to_hex()));
+        }
+        Ok(())
+    }
+
     /// All snapshots, oldest first; each row is checked against its id.
     pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError> {
         let mut st = self

@@ -420,6 +420,21 @@ impl Service {
                     .collect::<Result<Vec<bool>, _>>()
                     .map(|stored| Response::PutBatch { stored })
             }
+            Request::Forget { id } => {
+                if !p.can_delete() {
+                    return Response::error(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "{} may not delete snapshots: machines are append-only",
+                            p.machine
+                        ),
+                    );
+                }
+                self.store.forget_snapshot(id).map(|()| {
+                    tracing::info!("{} forgot snapshot {id}", p.machine);
+                    Response::Forgotten
+                })
+            }
             Request::Get { id, kind } => match kind_of(kind) {
                 Ok(kind) => self
                     .store

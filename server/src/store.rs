@@ -488,6 +488,10 @@ impl Repository for Store {
     fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError> {
         lock(&self.shared.index).snapshots()
     }
+
+    fn forget_snapshot(&self, id: SnapshotId) -> Result<(), StoreError> {
+        lock(&self.shared.index).remove_snapshot(&id)
+    }
 }
 
 #[cfg(test)]
