@@ -259,12 +259,7 @@ impl Pipeline<'_> {
             return Ok(None);
         }
         let after = file.metadata()?;
-        let stable = before.size() == after.size()
-            && before.mtime() == after.mtime()
-            && before.mtime_nsec() == after.mtime_nsec()
-            && before.ctime() == after.ctime()
-            && before.ctime_nsec() == after.ctime_nsec()
-            && data.len() as u64 == after.size();
+        let stable = unchanged(&before, &after) && data.len() as u64 == after.size();
         if !stable {
             // Changing under us: the normal path re-reads it.
             return Ok(None);
@@ -355,12 +350,7 @@ impl Pipeline<'_> {
             self.counters.files_read.fetch_add(1, Relaxed);
             self.counters.bytes_read.fetch_add(read, Relaxed);
             let after = file.metadata()?;
-            let stable = before.size() == after.size()
-                && before.mtime() == after.mtime()
-                && before.mtime_nsec() == after.mtime_nsec()
-                && before.ctime() == after.ctime()
-                && before.ctime_nsec() == after.ctime_nsec()
-                && (regions.is_some() || read == after.size());
+            let stable = unchanged(&before, &after) && (regions.is_some() || read == after.size());
             if stable || attempt == READ_ATTEMPTS {
                 let content = FileContent {
                     size: if regions.is_some() {
@@ -377,6 +367,14 @@ impl Pipeline<'_> {
             }
         }
     }
+}
+
+/// Whether a file's size, mtime and ctime are the same in two `fstat`s:
+/// then nothing wrote to it in between (ctime moves on every write).
+fn unchanged(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
+    before.size() == after.size()
+        && (before.mtime(), before.mtime_nsec()) == (after.mtime(), after.mtime_nsec())
+        && (before.ctime(), before.ctime_nsec()) == (after.ctime(), after.ctime_nsec())
 }
 
 fn hostname() -> String {
