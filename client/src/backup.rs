@@ -99,8 +99,8 @@ struct Counters {
 
 struct Pipeline<'a> {
     repo: &'a dyn Repository,
-    /// The scan root: files are opened beneath it.
-    root: &'a std::os::fd::OwnedFd,
+    /// What the scan found; files are opened beneath its root.
+    scan: &'a Scan,
     chunker: ChunkerParams,
     level: i32,
     counters: Counters,
@@ -240,7 +240,7 @@ impl Pipeline<'_> {
     /// Reads a small file whole (one chunk at most) without storing it.
     /// `None` when it is no longer small or is sparse: read it normally.
     fn read_small(&self, job: &FileJob) -> Result<Option<(Vec<u8>, FileContent, bool)>, Failure> {
-        let file = open_for_reading(self.root, &job.rel)?;
+        let file = open_for_reading(&self.scan.root, &self.scan.file_rel(job))?;
         let before = file.metadata()?;
         if (before.dev(), before.ino()) != (job.dev, job.ino) {
             return Err(Failure::Entry(
@@ -325,7 +325,7 @@ impl Pipeline<'_> {
     }
 
     fn read_file(&self, job: &FileJob) -> Result<(FileContent, bool), Failure> {
-        let file = open_for_reading(self.root, &job.rel)?;
+        let file = open_for_reading(&self.scan.root, &self.scan.file_rel(job))?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -467,7 +467,7 @@ fn backup_once(
 
     let pipeline = Pipeline {
         repo,
-        root: &scan.root,
+        scan: &scan,
         chunker: repo.config().chunker,
         level: repo.config().zstd_level,
         counters: Counters::default(),
@@ -515,7 +515,7 @@ fn backup_once(
                     Ok((content, stable)) => {
                         if !stable {
                             errors.lock().expect("errors").push(EntryError::new(
-                                &job.path,
+                                scan.file_path(job),
                                 format!("changed while being read ({READ_ATTEMPTS} attempts); the stored copy may be inconsistent"),
                             ));
                         }
@@ -523,7 +523,7 @@ fn backup_once(
                     }
                     Err(Failure::Entry(e)) => {
                         progress.errors.fetch_add(1, Relaxed);
-                        errors.lock().expect("errors").push(EntryError::new(&job.path, e));
+                        errors.lock().expect("errors").push(EntryError::new(scan.file_path(job), e));
                     }
                     Err(Failure::Store(e)) => {
                         abort.store(true, Relaxed);

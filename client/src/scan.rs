@@ -20,11 +20,11 @@ use std::path::PathBuf;
 /// A regular file whose contents the pipeline must supply.
 #[derive(Debug, Clone)]
 pub struct FileJob {
-    /// For messages and exclude rules.
-    pub path: PathBuf,
-    /// From the scan root: what the file is opened by, never following a
-    /// symlink (see [`open_beneath`]).
-    pub rel: Vec<u8>,
+    /// Where the file is: `dirs[dir].entries[entry]`. Its paths are derived
+    /// when needed ([`Scan::file_rel`], [`Scan::file_path`]) rather than
+    /// stored: a home has hundreds of thousands of files.
+    pub dir: u32,
+    pub entry: u32,
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
@@ -111,6 +111,27 @@ fn ctime_of(m: &std::fs::Metadata) -> Timestamp {
     Timestamp {
         sec: m.ctime(),
         nsec: m.ctime_nsec() as u32,
+    }
+}
+
+impl Scan {
+    fn file_name(&self, job: &FileJob) -> &[u8] {
+        &self.dirs[job.dir as usize].entries[job.entry as usize]
+            .node
+            .name
+    }
+
+    /// The file's path from the scan root, what it is opened by (never
+    /// following a symlink, see [`open_beneath`]).
+    pub fn file_rel(&self, job: &FileJob) -> Vec<u8> {
+        join_rel(&self.dirs[job.dir as usize].rel, self.file_name(job))
+    }
+
+    /// The file's full path, for messages.
+    pub fn file_path(&self, job: &FileJob) -> PathBuf {
+        self.dirs[job.dir as usize]
+            .path
+            .join(OsStr::from_bytes(self.file_name(job)))
     }
 }
 
@@ -273,8 +294,8 @@ pub fn scan(
                     } else {
                         let i = s.files.len();
                         s.files.push(FileJob {
-                            path,
-                            rel: rel.clone(),
+                            dir: d as u32,
+                            entry: entries.len() as u32,
                             dev: m.dev(),
                             ino: m.ino(),
                             size: m.size(),
