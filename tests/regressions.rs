@@ -120,3 +120,31 @@ fn contents_are_kept_when_metadata_cannot_be_set() {
         run.describe()
     );
 }
+
+/// A store this user cannot write (read-only media, or root's store read by
+/// a user) still lists and restores.
+#[test]
+fn a_store_that_cannot_be_written_still_restores() {
+    let (tmp, hs) = setup();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    write_file(&src.join("a.txt"), b"readable");
+    hs.backup(&src, &[]);
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(tmp.path())
+        .status();
+    let target = tmp.path().join("out");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::chown(&target, Some(65534), Some(65534)).unwrap();
+    let mut nobody = Homesync::new(hs.repo.clone());
+    nobody.as_user = Some((65534, 65534));
+    nobody.cache_home = target.join("cache");
+    let list = nobody.run(args!["snapshots"]);
+    list.expect_ok();
+    assert_eq!(list.messages("snapshot").len(), 1, "{}", list.describe());
+    nobody
+        .run(args!["restore", "latest", "--target", target.join("r")])
+        .expect_ok();
+    assert_eq!(std::fs::read(target.join("r/a.txt")).unwrap(), b"readable");
+}

@@ -52,18 +52,46 @@ pub struct Index {
 }
 
 impl Index {
-    /// Opens (creating if `create`) the index at `path`.
+    /// Opens (creating if `create`) the index at `path`. A store this user
+    /// may not write (read-only media, another user's store) opens read-only:
+    /// listing and restoring work, backing up fails when it first writes.
     pub fn open(path: &Path, create: bool) -> Result<Index, StoreError> {
         if !create && !path.exists() {
             return Err(StoreError::NotFound(path.display().to_string()));
         }
-        let conn = Connection::open(path)
-            .map_err(|e| StoreError::Index(format!("{}: {e}", path.display())))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql)?;
-        // FULL: a committed snapshot must survive power loss, not just a crash.
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(sql)?;
+        let writable = |conn: &Connection| -> rusqlite::Result<()> {
+            let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+            }
+            // FULL: a committed snapshot must survive power loss, not just a crash.
+            conn.pragma_update(None, "synchronous", "FULL")
+        };
+        let named = |e: rusqlite::Error| StoreError::Index(format!("{}: {e}", path.display()));
+        let conn = match Connection::open(path).and_then(|c| writable(&c).map(|()| c)) {
+            Ok(c) => c,
+            Err(e) if !create && e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly) => {
+                // Without write access SQLite cannot make the WAL's shared-
+                // memory file either, so the file is opened as immutable:
+                // fine for read-only media; a writer working on the same
+                // store meanwhile is not seen.
+                tracing::warn!("{}: not writable, opened read-only", path.display());
+                let escaped = path
+                    .display()
+                    .to_string()
+                    .replace('%', "%25")
+                    .replace('?', "%3f")
+                    .replace('#', "%23");
+                let uri = format!("file:{escaped}?immutable=1");
+                Connection::open_with_flags(
+                    uri,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+                )
+                .map_err(named)?
+            }
+            Err(e) => return Err(named(e)),
+        };
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(sql)?;
         let version: i64 = conn
