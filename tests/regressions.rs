@@ -148,3 +148,50 @@ fn a_store_that_cannot_be_written_still_restores() {
         .expect_ok();
     assert_eq!(std::fs::read(target.join("r/a.txt")).unwrap(), b"readable");
 }
+
+/// A file written to throughout the backup is read again, then kept and
+/// reported (exit 3): the stored copy may be inconsistent, and the user is told.
+#[test]
+fn a_file_that_keeps_changing_is_reported() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (tmp, hs) = setup();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let log = src.join("busy.log");
+    write_file(&log, &random_bytes(9, 16 << 20));
+    write_file(&src.join("quiet.txt"), b"still");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                f.write_all(&[b'x'; 512]).unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let run = hs.run(args!["backup", src]);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(run.code, 3, "{}", run.describe());
+    let errors = run.error_paths();
+    assert!(
+        errors.iter().any(|p| p.ends_with("busy.log")),
+        "{errors:?}\n{}",
+        run.describe()
+    );
+    assert!(
+        run.stdout.contains("changed while being read"),
+        "{}",
+        run.describe()
+    );
+    // The quiet file is in the snapshot as usual.
+    let target = tmp.path().join("restored");
+    hs.run(args!["restore", "latest", "--target", target])
+        .expect_code(0);
+    assert_eq!(std::fs::read(target.join("quiet.txt")).unwrap(), b"still");
+}
