@@ -619,6 +619,8 @@ fn build_trees(
 ) -> Result<TreeId, ClientError> {
     let mut ids: Vec<Option<TreeId>> = vec![None; scan.dirs.len()];
     let mut encoder = BlobEncoder::new(p.level);
+    // Encoded trees in the order they must be stored (children first).
+    let mut encoded: Vec<(TreeId, Vec<u8>)> = Vec::with_capacity(scan.dirs.len());
     for d in (0..scan.dirs.len()).rev() {
         let mut nodes = Vec::with_capacity(scan.dirs[d].entries.len());
         for e in &scan.dirs[d].entries {
@@ -670,15 +672,26 @@ fn build_trees(
             )));
         }
         let id = TreeId::of(&bytes);
-        if !p.repo.has_blobs(&[id.into()])?[0] {
-            let blob = encoder.encode(BlobKind::Tree, &bytes);
-            let len = blob.len() as u64;
-            if p.repo.put_blob(id.into(), BlobKind::Tree, &blob)? {
-                p.counters.blobs_added.fetch_add(1, Relaxed);
-                p.counters.bytes_added.fetch_add(len, Relaxed);
-            }
-        }
+        encoded.push((id, bytes));
         ids[d] = Some(id);
+    }
+    // A tree's id depends only on its contents, so every id is known before
+    // anything is sent: one batched question finds the new trees (over a
+    // network: one round trip, not one per directory), which then go up
+    // children first.
+    let blob_ids: Vec<_> = encoded.iter().map(|(id, _)| (*id).into()).collect();
+    let present = p.repo.has_blobs(&blob_ids)?;
+    let mut sent = std::collections::HashSet::new();
+    for ((id, bytes), present) in encoded.iter().zip(present) {
+        if present || !sent.insert(*id) {
+            continue;
+        }
+        let blob = encoder.encode(BlobKind::Tree, bytes);
+        let len = blob.len() as u64;
+        if p.repo.put_blob((*id).into(), BlobKind::Tree, &blob)? {
+            p.counters.blobs_added.fetch_add(1, Relaxed);
+            p.counters.bytes_added.fetch_add(len, Relaxed);
+        }
     }
     Ok(ids[0].expect("root tree"))
 }
