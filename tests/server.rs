@@ -63,6 +63,20 @@ impl Server {
             .to_string()
     }
 
+    /// The client library connected with `credential`.
+    fn remote(
+        &self,
+        credential: &str,
+    ) -> Result<homesync_client::remote::RemoteRepository, homesync_client::ClientError> {
+        homesync_client::remote::RemoteRepository::connect(
+            &homesync_client::remote::RemoteOptions {
+                server: self.addr.clone(),
+                fingerprint: self.fingerprint.clone(),
+                credential: credential.to_string(),
+            },
+        )
+    }
+
     fn client(&self, credential: &str, home: &Path) -> Client {
         Client {
             server: self.addr.clone(),
@@ -397,17 +411,11 @@ fn an_interrupted_backup_resumes_without_resending() {
 
 #[test]
 fn a_connection_survives_a_rebind_mid_transfer() {
-    use homesync_client::remote::{RemoteOptions, RemoteRepository};
     use homesync_protocol::{BlobEncoder, BlobKind, ChunkId, Repository};
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(tmp.path());
     let cred = server.add_machine("roamer", false);
-    let remote = RemoteRepository::connect(&RemoteOptions {
-        server: server.addr.clone(),
-        fingerprint: server.fingerprint.clone(),
-        credential: cred,
-    })
-    .unwrap();
+    let remote = server.remote(&cred).unwrap();
     let mut enc = BlobEncoder::new(3);
     let mut ids = Vec::new();
     for i in 0..20u64 {
@@ -437,18 +445,11 @@ fn a_connection_survives_a_rebind_mid_transfer() {
 
 #[test]
 fn bad_input_is_refused_and_others_keep_working() {
-    use homesync_client::remote::{RemoteOptions, RemoteRepository};
     use homesync_protocol::wire::{ErrorCode, Response};
     use homesync_protocol::{BlobEncoder, BlobId, BlobKind, ChunkId, Repository};
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(tmp.path());
-    let connect = |cred: &str| {
-        RemoteRepository::connect(&RemoteOptions {
-            server: server.addr.clone(),
-            fingerprint: server.fingerprint.clone(),
-            credential: cred.to_string(),
-        })
-    };
+    let connect = |cred: &str| server.remote(cred);
     let good = connect(&server.add_machine("good", false)).unwrap();
     let evil_cred = server.add_machine("evil", false);
 

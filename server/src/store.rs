@@ -594,6 +594,16 @@ mod tests {
         assert!(!store.has_blobs(&[BlobId::of(b"other bytes")]).unwrap()[0]);
     }
 
+    /// Where a blob is: its index entry and its pack's path.
+    fn where_is(store: &Store, id: ChunkId) -> (crate::index::BlobLocation, std::path::PathBuf) {
+        let loc = lock(&store.shared.index)
+            .locate(&id.into())
+            .unwrap()
+            .unwrap();
+        let path = store.dir.join("packs").join(&loc.pack[..2]).join(&loc.pack);
+        (loc, path)
+    }
+
     #[test]
     fn a_flipped_byte_on_disk_is_reported_naming_the_blob() {
         let dir = tempfile::tempdir().unwrap();
@@ -601,15 +611,7 @@ mod tests {
         let data = vec![7u8; 1000];
         let id = chunk(&store, &data);
         store.flush().unwrap();
-        let loc = lock(&store.shared.index)
-            .locate(&id.into())
-            .unwrap()
-            .unwrap();
-        let path = dir
-            .path()
-            .join("packs")
-            .join(&loc.pack[..2])
-            .join(&loc.pack);
+        let (loc, path) = where_is(&store, id);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[loc.offset as usize + loc.length as usize - 1] ^= 1;
         std::fs::write(&path, bytes).unwrap();
@@ -624,15 +626,7 @@ mod tests {
         let store = Store::init(dir.path(), ChunkerParams::default(), 3).unwrap();
         let id = chunk(&store, &[5u8; 5000]);
         store.flush().unwrap();
-        let loc = lock(&store.shared.index)
-            .locate(&id.into())
-            .unwrap()
-            .unwrap();
-        let path = dir
-            .path()
-            .join("packs")
-            .join(&loc.pack[..2])
-            .join(&loc.pack);
+        let (loc, path) = where_is(&store, id);
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(loc.offset + 3).unwrap();
         let err = store.get_blob(id.into(), BlobKind::Chunk).unwrap_err();
