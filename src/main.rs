@@ -133,14 +133,14 @@ fn cache_dir() -> PathBuf {
 /// The store a command works on: the embedded one, or a server.
 enum Repo {
     Local(Store),
-    Remote(RemoteRepository),
+    Remote(Box<RemoteRepository>),
 }
 
 impl Repo {
     fn dyn_repo(&self) -> &dyn Repository {
         match self {
             Repo::Local(s) => s,
-            Repo::Remote(r) => r,
+            Repo::Remote(r) => r.as_ref(),
         }
     }
 
@@ -204,7 +204,7 @@ fn open_repo(cli: &Cli, create_default: bool, out: &Out) -> anyhow::Result<Repo>
     {
         let remote =
             RemoteRepository::connect(&opts).with_context(|| format!("server {}", opts.server))?;
-        return Ok(Repo::Remote(remote));
+        return Ok(Repo::Remote(Box::new(remote)));
     }
     Ok(Repo::Local(open_store(cli, create_default, out)?))
 }

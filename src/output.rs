@@ -12,6 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
+#[derive(Clone)]
 pub struct Out {
     json: bool,
 }
@@ -87,6 +88,15 @@ fn mode_string(n: &Node) -> String {
     s
 }
 
+/// Small transfers read better in KiB.
+fn kib(b: u64) -> String {
+    if b < 10 << 20 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        mib(b)
+    }
+}
+
 fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
@@ -140,14 +150,28 @@ impl Out {
     pub fn backup_summary(&self, r: &BackupReport, took: Duration) {
         let s = &r.snapshot.stats;
         if self.json {
-            self.line(json!({
+            let mut v = json!({
                 "message_type": "summary",
                 "snapshot_id": r.id.to_hex(),
                 "files": s.files, "dirs": s.dirs, "other": s.other, "bytes": s.bytes,
                 "files_read": s.files_read, "bytes_read": s.bytes_read,
                 "blobs_added": s.blobs_added, "bytes_added": s.bytes_added,
                 "errors": s.errors, "seconds": took.as_secs_f64(),
-            }));
+            });
+            if let Some(t) = &r.transfer {
+                let m = v.as_object_mut().expect("object");
+                for (k, n) in [
+                    ("bytes_sent", t.sent),
+                    ("blob_bytes_sent", t.blob_bytes),
+                    ("delta_bytes_sent", t.delta_bytes),
+                    ("overhead_bytes_sent", t.overhead()),
+                    ("deltas_sent", t.deltas),
+                    ("bytes_received", t.received),
+                ] {
+                    m.insert(k.into(), n.into());
+                }
+            }
+            self.line(v);
         } else {
             println!(
                 "snapshot {} saved: {} files, {} dirs, {} in all; read {} files ({}), added {} blobs ({}) in {:.1} s{}",
@@ -165,6 +189,45 @@ impl Out {
                 } else {
                     String::new()
                 }
+            );
+            if let Some(t) = &r.transfer {
+                println!(
+                    "sent {} (blobs {}, {} deltas {}, protocol {}), received {}",
+                    kib(t.sent),
+                    kib(t.blob_bytes),
+                    t.deltas,
+                    kib(t.delta_bytes),
+                    kib(t.overhead()),
+                    kib(t.received)
+                );
+            }
+        }
+    }
+
+    /// A server session ended: what the server counted.
+    pub fn session(&self, r: &homesync_server::service::SessionReport) {
+        if self.json {
+            self.line(json!({
+                "message_type": "session",
+                "peer": r.peer, "machine": r.machine, "requests": r.requests,
+                "blob_bytes": r.blob_bytes, "blobs_stored": r.blobs_stored,
+                "delta_bytes": r.delta_bytes, "deltas_stored": r.deltas_stored,
+                "deltas_refused": r.deltas_refused,
+                "bytes_received": r.bytes_received, "bytes_sent": r.bytes_sent,
+            }));
+        } else {
+            tracing::info!(
+                "{} ({}): {} requests; received {} of blobs ({} new), {} of deltas ({} stored, {} refused); {} in, {} out",
+                r.peer,
+                r.machine.as_deref().unwrap_or("not authenticated"),
+                r.requests,
+                kib(r.blob_bytes),
+                r.blobs_stored,
+                kib(r.delta_bytes),
+                r.deltas_stored,
+                r.deltas_refused,
+                kib(r.bytes_received),
+                kib(r.bytes_sent)
             );
         }
     }

@@ -57,11 +57,11 @@ pub fn run(cli: &Cli, args: &ServeArgs, out: &Out) -> anyhow::Result<u8> {
     };
     let local = endpoint.local_addr().context("reading the bound address")?;
     out.listening(&local, &identity.fingerprint(), &cfg.store);
-    let svc = Arc::new(Service::new(
-        Arc::new(store),
-        Arc::new(auth),
-        limits.max_connections,
-    ));
+    let reporter = out.clone();
+    let svc = Arc::new(
+        Service::new(Arc::new(store), Arc::new(auth), limits.max_connections)
+            .on_session_end(move |r| reporter.session(r)),
+    );
     runtime.block_on(svc.run(endpoint, shutdown_signal(), GRACE));
     out.note("server stopped");
     Ok(exit::OK)

@@ -4,142 +4,11 @@
 
 mod common;
 
+use common::server::*;
 use common::*;
-use serde_json::Value;
 use std::ffi::{OsStr, OsString};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
-/// A running `homesync serve`, killed on drop.
-struct Server {
-    child: Child,
-    addr: String,
-    fingerprint: String,
-    store: Homesync,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let store = Homesync::new(dir.join("store"));
-        store.init();
-        let mut child = Command::new(bin())
-            .args(["--json", "--repo"])
-            .arg(dir.join("store"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("HOMESYNC_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start homesync serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("serve printed {line:?}: {e}"));
-        assert_eq!(v["message_type"], "listening", "{v}");
-        Server {
-            child,
-            addr: v["address"].as_str().unwrap().to_string(),
-            fingerprint: v["fingerprint"].as_str().unwrap().to_string(),
-            store,
-        }
-    }
-
-    /// A credential for a new machine (or admin).
-    fn add_machine(&self, name: &str, admin: bool) -> String {
-        let mut a = vec!["admin", "add-machine", name];
-        if admin {
-            a.push("--admin");
-        }
-        let a: Vec<&OsStr> = a.iter().map(OsStr::new).collect();
-        let run = self.store.run(&a);
-        run.expect_ok();
-        run.messages("credential")[0]["credential"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    /// The client library connected with `credential`.
-    fn remote(
-        &self,
-        credential: &str,
-    ) -> Result<homesync_client::remote::RemoteRepository, homesync_client::ClientError> {
-        homesync_client::remote::RemoteRepository::connect(
-            &homesync_client::remote::RemoteOptions {
-                server: self.addr.clone(),
-                fingerprint: self.fingerprint.clone(),
-                credential: credential.to_string(),
-            },
-        )
-    }
-
-    fn client(&self, credential: &str, home: &Path) -> Client {
-        Client {
-            server: self.addr.clone(),
-            fingerprint: self.fingerprint.clone(),
-            credential: credential.to_string(),
-            home: home.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The binary run against the server.
-struct Client {
-    server: String,
-    fingerprint: String,
-    credential: String,
-    home: PathBuf,
-}
-
-impl Client {
-    fn command(&self, args: &[&OsStr]) -> Command {
-        let mut cmd = Command::new(bin());
-        cmd.arg("--json")
-            .args([
-                "--server",
-                &self.server,
-                "--fingerprint",
-                &self.fingerprint,
-                "--credential",
-                &self.credential,
-            ])
-            .args(args)
-            .env_remove("HOMESYNC_REPO")
-            .env("HOMESYNC_CONFIG", self.home.join("no-client.toml"))
-            .env("XDG_CACHE_HOME", self.home.join("cache"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd
-    }
-
-    fn run(&self, args: &[&OsStr]) -> Run {
-        let cmdline = format!("homesync --server {} {:?}", self.server, args);
-        let (code, stdout, stderr) = run_with_timeout(self.command(args), RUN_TIMEOUT, &cmdline);
-        let json = stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        Run {
-            cmdline,
-            code,
-            stdout,
-            stderr,
-            json,
-        }
-    }
-}
+use std::path::Path;
+use std::process::Command;
 
 fn os(s: impl AsRef<OsStr>) -> OsString {
     s.as_ref().to_os_string()
@@ -209,14 +78,7 @@ fn backup_list_diff_and_restore_over_quic() {
     );
 
     let target = tmp.path().join("restored");
-    client
-        .run(&[
-            &os("restore"),
-            &os("latest"),
-            &os("--target"),
-            target.as_os_str(),
-        ])
-        .expect_ok();
+    client.restore_latest(&target);
     assert_same_listing("restore over QUIC", &mtree(&src), &mtree(&target));
 }
 

@@ -1,19 +1,21 @@
 //! The backup pipeline: scan -> file-state cache -> read, chunk, hash (on
 //! all cores) -> store only missing blobs -> trees bottom-up -> commit.
 
+use crate::base::{ParentTrees, PreviousVersion};
 use crate::error::{ClientError, EntryError};
 use crate::exclude::Excludes;
-use crate::filecache::{Cached, FileCache};
+use crate::filecache::{Cached, FileCache, Known, SignatureCache};
 use crate::meta;
 use crate::owners::Owners;
 use crate::progress::Progress;
 use crate::scan::{self, FileJob, Link, Scan};
 use homesync_protocol::{
-    BlobEncoder, BlobKind, ChunkId, ChunkerParams, Node, Repository, Snapshot, SnapshotId,
-    SnapshotStats, StoreError, Timestamp, Tree, TreeId,
+    BlobEncoder, BlobId, BlobKind, ChunkId, ChunkerParams, Node, Repository, Snapshot, SnapshotId,
+    SnapshotStats, StoreError, Timestamp, Transfer, Tree, TreeId, delta,
 };
 use rayon::prelude::*;
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -40,6 +42,8 @@ pub struct BackupReport {
     pub snapshot: Snapshot,
     /// Entries left out or possibly inconsistent: the snapshot is partial.
     pub errors: Vec<EntryError>,
+    /// What went over the network (a remote store only).
+    pub transfer: Option<Transfer>,
 }
 
 /// Reading buffer per worker: a multiple of the largest chunk, so each
@@ -51,6 +55,8 @@ const SMALL_FILE: u64 = 64 << 10;
 const GROUP: usize = 128;
 /// A file that keeps changing is read at most this many times.
 const READ_ATTEMPTS: usize = 3;
+/// Chunks smaller than this are sent whole: a delta would save little.
+const MIN_DELTA_CHUNK: usize = 16 << 10;
 
 thread_local! {
     static ENCODER: RefCell<Option<BlobEncoder>> = const { RefCell::new(None) };
@@ -97,6 +103,22 @@ struct Counters {
     bytes_added: AtomicU64,
 }
 
+/// One file being read: where it is, and (found when first needed) its
+/// previous version, the source of delta bases.
+struct FileCtx<'j> {
+    job: &'j FileJob,
+    previous: OnceCell<Option<PreviousVersion>>,
+}
+
+impl<'j> FileCtx<'j> {
+    fn new(job: &'j FileJob) -> Self {
+        FileCtx {
+            job,
+            previous: OnceCell::new(),
+        }
+    }
+}
+
 struct Pipeline<'a> {
     repo: &'a dyn Repository,
     /// What the scan found; files are opened beneath its root.
@@ -105,6 +127,16 @@ struct Pipeline<'a> {
     level: i32,
     counters: Counters,
     progress: &'a Progress,
+    /// Whether missing chunks of changed files go as deltas.
+    deltas: bool,
+    /// Previous versions by inode (the file-state cache, trusted or not).
+    cached: Option<&'a Known>,
+    /// Previous versions by path.
+    parent: ParentTrees<'a>,
+    signatures: Option<&'a SignatureCache>,
+    /// Signatures of chunks uploaded for changed files: they are the
+    /// likeliest bases of the next backup's deltas.
+    new_signatures: Mutex<Vec<(ChunkId, Vec<u8>)>>,
 }
 
 fn now() -> Timestamp {
@@ -146,10 +178,79 @@ mod libc_flags {
 }
 
 impl Pipeline<'_> {
+    /// The previous version of a file: same inode in the cache, else the
+    /// same path in the parent snapshot.
+    fn previous(&self, job: &FileJob) -> Option<PreviousVersion> {
+        let by_inode = self
+            .cached
+            .and_then(|k| k.previous(job.dev, job.ino))
+            .map(|c| c.chunks.clone())
+            .filter(|c| !c.is_empty());
+        let chunks = by_inode.or_else(|| self.parent.file_chunks(&self.scan.file_rel(job)))?;
+        PreviousVersion::new(chunks)
+    }
+
+    /// Delta bases, with their signatures, for the missing chunks `missing`
+    /// (indexes into `ids`, the chunks following `before` in the file).
+    /// Signatures come from the local cache, else from the store in one
+    /// request; a base without one is simply not used.
+    fn delta_bases(
+        &self,
+        previous: &PreviousVersion,
+        before: &[ChunkId],
+        ids: &[ChunkId],
+        missing: &[usize],
+    ) -> HashMap<usize, (ChunkId, delta::Signature)> {
+        let all: Vec<ChunkId> = before.iter().chain(ids).copied().collect();
+        let wanted: Vec<(usize, ChunkId)> = missing
+            .iter()
+            .filter_map(|&i| Some((i, previous.base_for(&all, before.len() + i)?)))
+            .collect();
+        let mut sigs: HashMap<ChunkId, Vec<u8>> = HashMap::new();
+        for (_, base) in &wanted {
+            if let Some(sig) = self.signatures.and_then(|c| c.get(base)) {
+                sigs.insert(*base, sig);
+            }
+        }
+        let mut ask: Vec<ChunkId> = wanted
+            .iter()
+            .map(|(_, b)| *b)
+            .filter(|b| !sigs.contains_key(b))
+            .collect();
+        ask.sort_unstable();
+        ask.dedup();
+        if !ask.is_empty() {
+            let blob_ids: Vec<BlobId> = ask.iter().map(|&b| b.into()).collect();
+            match self.repo.signatures(&blob_ids) {
+                Ok(list) => {
+                    sigs.extend(ask.into_iter().zip(list).filter_map(|(b, s)| Some((b, s?))))
+                }
+                Err(e) => tracing::debug!("no signatures from the store: {e}"),
+            }
+        }
+        wanted
+            .into_iter()
+            .filter_map(|(i, base)| {
+                let sig = delta::parse_signature(sigs.get(&base)?.clone())
+                    .inspect_err(|e| tracing::debug!("signature of {base}: {e}"))
+                    .ok()?;
+                Some((i, (base, sig)))
+            })
+            .collect()
+    }
+
     /// Stores a batch of chunks: one `has` question for all of them, then
     /// each missing chunk compressed and put once. Batching matters over a
     /// network, where each question is a round trip.
-    fn store_chunks(&self, pieces: &[&[u8]]) -> Result<Vec<ChunkId>, StoreError> {
+    ///
+    /// `file` is the file the chunks belong to and its chunks before them:
+    /// a missing chunk of a file with a previous version goes as a delta
+    /// against the chunk it replaced, when that is clearly smaller.
+    fn store_chunks(
+        &self,
+        pieces: &[&[u8]],
+        file: Option<(&FileCtx, &[ChunkId])>,
+    ) -> Result<Vec<ChunkId>, StoreError> {
         let ids: Vec<ChunkId> = pieces.iter().map(|p| ChunkId::of(p)).collect();
         if ids.is_empty() {
             return Ok(ids);
@@ -157,10 +258,30 @@ impl Pipeline<'_> {
         let blob_ids: Vec<_> = ids.iter().map(|&id| id.into()).collect();
         let present = self.repo.has_blobs(&blob_ids)?;
         let mut sent = std::collections::HashSet::new();
-        for ((piece, id), present) in pieces.iter().zip(&ids).zip(present) {
-            if present || !sent.insert(*id) {
-                continue;
+        let missing: Vec<usize> = (0..ids.len())
+            .filter(|&i| !present[i] && sent.insert(ids[i]))
+            .collect();
+        if missing.is_empty() {
+            return Ok(ids);
+        }
+        let previous = file.and_then(|(f, _)| {
+            f.previous
+                .get_or_init(|| self.deltas.then(|| self.previous(f.job)).flatten())
+                .as_ref()
+        });
+        let bases = match (previous, file) {
+            (Some(p), Some((_, before))) => {
+                let big: Vec<usize> = missing
+                    .iter()
+                    .copied()
+                    .filter(|&i| pieces[i].len() >= MIN_DELTA_CHUNK)
+                    .collect();
+                self.delta_bases(p, before, &ids, &big)
             }
+            _ => HashMap::new(),
+        };
+        for i in missing {
+            let (piece, id) = (pieces[i], ids[i]);
             let added = ENCODED.with(|out| {
                 let mut out = out.borrow_mut();
                 ENCODER.with(|e| {
@@ -168,18 +289,56 @@ impl Pipeline<'_> {
                         .get_or_insert_with(|| BlobEncoder::new(self.level))
                         .encode_into(BlobKind::Chunk, piece, &mut out)
                 });
-                Ok::<_, StoreError>(
-                    self.repo
-                        .put_blob((*id).into(), BlobKind::Chunk, &out)?
-                        .then_some(out.len()),
-                )
+                if let Some((base, sig)) = bases.get(&i)
+                    && let Some(stored) = self.put_as_delta(id, *base, sig, piece, out.len())
+                {
+                    return Ok::<_, StoreError>(stored.then_some(out.len()));
+                }
+                Ok(self
+                    .repo
+                    .put_blob(id.into(), BlobKind::Chunk, &out)?
+                    .then_some(out.len()))
             })?;
             if let Some(len) = added {
                 self.counters.blobs_added.fetch_add(1, Relaxed);
                 self.counters.bytes_added.fetch_add(len as u64, Relaxed);
             }
+            if previous.is_some() && piece.len() >= MIN_DELTA_CHUNK {
+                self.new_signatures
+                    .lock()
+                    .expect("signatures")
+                    .push((id, delta::signature(piece)));
+            }
         }
         Ok(ids)
+    }
+
+    /// Sends `piece` as a delta against `base` if that is clearly smaller
+    /// than its blob (`blob_len` bytes). `None`: send the blob instead (the
+    /// delta was not worth it, or the store refused it).
+    fn put_as_delta(
+        &self,
+        id: ChunkId,
+        base: ChunkId,
+        sig: &delta::Signature,
+        piece: &[u8],
+        blob_len: usize,
+    ) -> Option<bool> {
+        let d = delta::encode(sig, piece, self.level)
+            .inspect_err(|e| tracing::debug!("delta for {id}: {e}"))
+            .ok()?;
+        // Clearly smaller: an eighth of the blob saved, and a few KiB. A
+        // delta costs the server a read of the base, and an append that
+        // grew a small last chunk saves little.
+        if d.len() + (blob_len / 8).max(4096) > blob_len {
+            return None;
+        }
+        self.repo
+            .put_delta(id.into(), base.into(), &d)
+            .inspect_err(|e| {
+                tracing::info!("delta for chunk {id} not taken ({e}); sending it whole")
+            })
+            .ok()
     }
 
     /// Reads `regions` of `file` (all of it when `None`) through the chunker,
@@ -187,6 +346,7 @@ impl Pipeline<'_> {
     fn chunk_file(
         &self,
         file: &File,
+        ctx: &FileCtx,
         regions: Option<&[(u64, u64)]>,
     ) -> Result<(Vec<ChunkId>, u64), Failure> {
         BUFFER.with(|buf| {
@@ -221,7 +381,8 @@ impl Pipeline<'_> {
                         let cuts = self.chunker.cut(&buf[..filled], false);
                         let end = cuts.last().map_or(0, |r| r.end);
                         let pieces: Vec<&[u8]> = cuts.into_iter().map(|r| &buf[r]).collect();
-                        chunks.extend(self.store_chunks(&pieces)?);
+                        let ids = self.store_chunks(&pieces, Some((ctx, &chunks)))?;
+                        chunks.extend(ids);
                         buf.copy_within(end..filled, 0);
                         filled -= end;
                     }
@@ -230,7 +391,8 @@ impl Pipeline<'_> {
                 if last {
                     let cuts = self.chunker.cut(&buf[..filled], true);
                     let pieces: Vec<&[u8]> = cuts.into_iter().map(|r| &buf[r]).collect();
-                    chunks.extend(self.store_chunks(&pieces)?);
+                    let ids = self.store_chunks(&pieces, Some((ctx, &chunks)))?;
+                    chunks.extend(ids);
                 }
             }
             Ok((chunks, total))
@@ -305,7 +467,7 @@ impl Pipeline<'_> {
         let with_data: Vec<&(usize, Vec<u8>)> =
             small.iter().filter(|(_, d)| !d.is_empty()).collect();
         let pieces: Vec<&[u8]> = with_data.iter().map(|(_, d)| d.as_slice()).collect();
-        match self.store_chunks(&pieces) {
+        match self.store_chunks(&pieces, None) {
             Ok(ids) => {
                 for ((i, _), id) in with_data.iter().zip(ids) {
                     if let Ok((content, _)) = &mut out[*i] {
@@ -326,6 +488,7 @@ impl Pipeline<'_> {
 
     fn read_file(&self, job: &FileJob) -> Result<(FileContent, bool), Failure> {
         let file = open_for_reading(&self.scan.root, &self.scan.file_rel(job))?;
+        let ctx = FileCtx::new(job);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -346,7 +509,7 @@ impl Pipeline<'_> {
             } else {
                 None
             };
-            let (chunks, read) = self.chunk_file(&file, regions.as_deref())?;
+            let (chunks, read) = self.chunk_file(&file, &ctx, regions.as_deref())?;
             self.counters.files_read.fetch_add(1, Relaxed);
             self.counters.bytes_read.fetch_add(read, Relaxed);
             let after = file.metadata()?;
@@ -407,7 +570,8 @@ pub fn backup(
     opts: &BackupOptions,
     progress: &Progress,
 ) -> Result<BackupReport, ClientError> {
-    match backup_once(repo, opts, progress, true) {
+    let before = repo.transfer();
+    let mut report = match backup_once(repo, opts, progress, true) {
         Err(ClientError::Store(StoreError::Refused(why))) if opts.cache_dir.is_some() => {
             tracing::warn!(
                 "the store refused this backup ({why}); reading every file again without the cache"
@@ -415,7 +579,11 @@ pub fn backup(
             backup_once(repo, opts, progress, false)
         }
         r => r,
-    }
+    }?;
+    report.transfer = repo
+        .transfer()
+        .map(|t| t.since(&before.unwrap_or_default()));
+    Ok(report)
 }
 
 fn backup_once(
@@ -464,6 +632,23 @@ fn backup_once(
             })
             .ok()
     });
+    // Learnt in another generation of the store (blobs were removed since),
+    // the cache still says which files are unchanged, but no longer that
+    // the store holds their chunks: those are asked for before use.
+    let generation = repo.generation()?;
+    let vouched = cache
+        .as_ref()
+        .is_some_and(|c| c.generation == Some(generation));
+    if cache.as_ref().is_some_and(|c| !c.known.is_empty()) && !vouched {
+        tracing::info!(
+            "the store changed since the file-state cache was written: checking cached chunks"
+        );
+    }
+    let parent = repo
+        .snapshots()?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.machine == opts.machine && s.source == source.as_os_str().as_bytes());
 
     let pipeline = Pipeline {
         repo,
@@ -472,6 +657,11 @@ fn backup_once(
         level: repo.config().zstd_level,
         counters: Counters::default(),
         progress,
+        deltas: repo.prefers_deltas(),
+        cached: cache.as_ref().map(|c| &c.known),
+        parent: ParentTrees::new(repo, parent.as_ref().map(|(_, s)| s.root_tree())),
+        signatures: cache.as_ref().map(|c| &c.signatures),
+        new_signatures: Mutex::default(),
     };
     let errors = Mutex::new(scan.errors.clone());
     let abort = AtomicBool::new(false);
@@ -485,9 +675,25 @@ fn backup_once(
             if abort.load(Relaxed) {
                 return out;
             }
+            let hits: Vec<Option<&Cached>> = group
+                .iter()
+                .map(|job| known.and_then(|k| k.lookup(job.dev, job.ino, job.size, job.mtime, job.ctime)))
+                .collect();
+            let hits = if vouched {
+                hits
+            } else {
+                match confirm_present(repo, hits) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        abort.store(true, Relaxed);
+                        fatal.lock().expect("fatal").get_or_insert(e);
+                        return out;
+                    }
+                }
+            };
             let mut to_read = Vec::new();
-            for (slot, job) in out.iter_mut().zip(group) {
-                match known.and_then(|k| k.lookup(job.dev, job.ino, job.size, job.mtime, job.ctime)) {
+            for ((slot, job), hit) in out.iter_mut().zip(group).zip(hits) {
+                match hit {
                     Some(c) => {
                         progress.add_done(1, job.size);
                         *slot = Some((
@@ -548,12 +754,6 @@ fn backup_once(
     tracing::info!("trees done at {:?}", timer.elapsed());
     let mut root_node = scan.dirs[0].node.clone();
     root_node.subtree = Some(root);
-    let parent = repo
-        .snapshots()?
-        .into_iter()
-        .rev()
-        .find(|(_, s)| s.machine == opts.machine && s.source == source.as_os_str().as_bytes())
-        .map(|(id, _)| id);
     let c = &pipeline.counters;
     stats.files_read = c.files_read.load(Relaxed);
     stats.bytes_read = c.bytes_read.load(Relaxed);
@@ -565,13 +765,14 @@ fn backup_once(
         machine: opts.machine.clone(),
         source: source.as_os_str().as_bytes().to_vec(),
         root: root_node,
-        parent,
+        parent: parent.map(|(id, _)| id),
         tags: opts.tags.clone(),
         stats,
     };
     let id = repo.commit_snapshot(&snapshot)?;
     tracing::info!("committed at {:?}", timer.elapsed());
 
+    let signatures = pipeline.new_signatures.into_inner().expect("signatures");
     if let Some(cache) = &mut cache {
         // Only files that were stable while read, and whose ctime is safely
         // before the backup started (a change within the same timestamp
@@ -582,22 +783,23 @@ fn backup_once(
             .iter()
             .zip(&results)
             .filter_map(|(job, r)| {
+                // Files too fresh or unsteady to vouch for are kept as
+                // delta bases all the same.
                 let (c, stable) = r.as_ref()?;
-                (*stable && c.ctime.sec < racy && c.mtime.sec < racy).then(|| {
-                    (
-                        (job.dev, job.ino),
-                        Cached {
-                            size: c.size,
-                            mtime: c.mtime,
-                            ctime: c.ctime,
-                            chunks: c.chunks.clone(),
-                            extents: c.extents.clone(),
-                        },
-                    )
-                })
+                Some((
+                    (job.dev, job.ino),
+                    Cached {
+                        size: c.size,
+                        mtime: c.mtime,
+                        ctime: c.ctime,
+                        chunks: c.chunks.clone(),
+                        extents: c.extents.clone(),
+                        verified: *stable && c.ctime.sec < racy && c.mtime.sec < racy,
+                    },
+                ))
             })
             .collect();
-        if let Err(e) = cache.record(&entries) {
+        if let Err(e) = cache.record(&entries, &signatures, generation) {
             tracing::warn!("could not update the file-state cache: {e}");
         }
     }
@@ -605,7 +807,29 @@ fn backup_once(
         id,
         snapshot,
         errors,
+        transfer: None,
     })
+}
+
+/// Keeps the cache hits whose chunks the store still holds (one question
+/// for the whole group); the others are read again.
+fn confirm_present<'c>(
+    repo: &dyn Repository,
+    hits: Vec<Option<&'c Cached>>,
+) -> Result<Vec<Option<&'c Cached>>, StoreError> {
+    let ids: Vec<BlobId> = hits
+        .iter()
+        .flatten()
+        .flat_map(|c| c.chunks.iter().map(|&id| id.into()))
+        .collect();
+    if ids.is_empty() {
+        return Ok(hits);
+    }
+    let present: HashMap<BlobId, bool> = ids.iter().copied().zip(repo.has_blobs(&ids)?).collect();
+    Ok(hits
+        .into_iter()
+        .map(|h| h.filter(|c| c.chunks.iter().all(|&id| present[&BlobId::from(id)])))
+        .collect())
 }
 
 /// Builds and stores every directory's tree, children first; returns the

@@ -6,11 +6,21 @@
 //! The cache lives per store (`<cache dir>/<store id>/files.sqlite`), is only
 //! updated after a snapshot is committed, and is disposable: if it is
 //! damaged it is recreated and the next backup simply reads more.
+//!
+//! Two more things live here:
+//! - the store *generation* the entries were learnt in: when the store's
+//!   generation moves on (garbage collection), cached chunk lists are no
+//!   longer proof that the store holds those chunks, and the backup asks
+//!   before relying on them;
+//! - delta signatures of chunks the client uploaded for files that change,
+//!   so the next small edit of such a file is encoded against them without
+//!   asking the server.
 
 use homesync_protocol::{ChunkId, Timestamp};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// What was stored for one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +30,10 @@ pub struct Cached {
     pub ctime: Timestamp,
     pub chunks: Vec<ChunkId>,
     pub extents: Vec<(u64, u64)>,
+    /// Whether the entry can vouch for an unchanged file. A file changed
+    /// too recently to trust its timestamps is still recorded, unverified:
+    /// its chunk list is the base for deltas of its next version.
+    pub verified: bool,
 }
 
 /// The cache's entries in memory: a plain map, so the parallel backup
@@ -39,7 +53,13 @@ impl Known {
     ) -> Option<&Cached> {
         self.0
             .get(&(dev, ino))
-            .filter(|c| c.size == size && c.mtime == mtime && c.ctime == ctime)
+            .filter(|c| c.verified && c.size == size && c.mtime == mtime && c.ctime == ctime)
+    }
+
+    /// What was stored for this inode last time, whatever changed since:
+    /// the previous version of a file, as a base for deltas.
+    pub fn previous(&self, dev: u64, ino: u64) -> Option<&Cached> {
+        self.0.get(&(dev, ino))
     }
 
     pub fn len(&self) -> usize {
@@ -55,8 +75,14 @@ pub struct FileCache {
     path: PathBuf,
     conn: Connection,
     pub known: Known,
+    /// The store generation `known` was learnt in; `None` for a new cache.
+    pub generation: Option<u64>,
+    /// Cached signatures, read by the backup workers.
+    pub signatures: SignatureCache,
     run: i64,
 }
+
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS files(
@@ -65,11 +91,33 @@ CREATE TABLE IF NOT EXISTS files(
     mtime_s INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
     ctime_s INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
     chunks BLOB NOT NULL, extents BLOB NOT NULL,
+    verified INTEGER NOT NULL,
     run INTEGER NOT NULL,
     PRIMARY KEY(dev, ino)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS signatures(
+    chunk BLOB PRIMARY KEY NOT NULL,
+    signature BLOB NOT NULL,
+    run INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-PRAGMA user_version = 1;
 ";
+
+/// Signatures kept at most (about 12 KiB each for 1 MiB chunks): the
+/// chunks of files that changed lately, the likeliest to change again.
+const KEEP_SIGNATURES: i64 = 4096;
+
+/// Delta signatures of chunks this client uploaded, by chunk id. Reads go
+/// through their own connection so the backup workers can share it.
+pub struct SignatureCache(Mutex<Connection>);
+
+impl SignatureCache {
+    pub fn get(&self, chunk: &ChunkId) -> Option<Vec<u8>> {
+        let conn = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        conn.prepare_cached("SELECT signature FROM signatures WHERE chunk = ?1")
+            .and_then(|mut s| s.query_row([&chunk.0[..]], |r| r.get(0)).optional())
+            .ok()
+            .flatten()
+    }
+}
 
 /// Entries not seen for this many runs are dropped. Runs count backups of
 /// every source sharing the cache, so this is generous: a machine backing
@@ -116,18 +164,28 @@ impl FileCache {
             .map_err(&e)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(&e)?;
-        conn.execute_batch(SCHEMA).map_err(&e)?;
-        let run: i64 = conn
-            .query_row(
-                "SELECT COALESCE((SELECT value FROM meta WHERE key = 'run'), 0)",
-                [],
-                |r| r.get(0),
-            )
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(&e)?;
+        if version != SCHEMA_VERSION {
+            // An older layout: the cache is disposable, start afresh.
+            conn.execute_batch(&format!(
+                "BEGIN; DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS signatures;
+                 DROP TABLE IF EXISTS meta; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+            .map_err(&e)?;
+        }
+        let meta = |key: &str| -> Result<Option<i64>, crate::ClientError> {
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+                .map_err(&e)
+        };
+        let run = meta("run")?.unwrap_or(0);
+        let generation = meta("generation")?.map(|g| g as u64);
         let mut entries = HashMap::new();
         {
             let mut st = conn
-                .prepare("SELECT dev, ino, size, mtime_s, mtime_ns, ctime_s, ctime_ns, chunks, extents FROM files")
+                .prepare("SELECT dev, ino, size, mtime_s, mtime_ns, ctime_s, ctime_ns, chunks, extents, verified FROM files")
                 .map_err(&e)?;
             let rows = st
                 .query_map([], |r| {
@@ -158,6 +216,7 @@ impl FileCache {
                                     )
                                 })
                                 .collect(),
+                            verified: r.get(9)?,
                         },
                     ))
                 })
@@ -167,24 +226,41 @@ impl FileCache {
                 entries.insert(k, v);
             }
         }
+        let signatures = SignatureCache(Mutex::new(Connection::open(path).map_err(&e)?));
         Ok(FileCache {
             path: path.to_path_buf(),
             conn,
             known: Known(entries),
+            generation,
+            signatures,
             run: run + 1,
         })
     }
 
-    /// Records the files of a committed snapshot and forgets files not seen
-    /// for a while. One transaction.
-    pub fn record(&mut self, files: &[((u64, u64), Cached)]) -> Result<(), crate::ClientError> {
+    /// Records the files of a committed snapshot, learnt in store
+    /// `generation`, and new signatures; forgets what was not seen for a
+    /// while. One transaction.
+    pub fn record(
+        &mut self,
+        files: &[((u64, u64), Cached)],
+        signatures: &[(ChunkId, Vec<u8>)],
+        generation: u64,
+    ) -> Result<(), crate::ClientError> {
         let e = err(&self.path);
         let tx = self.conn.transaction().map_err(&e)?;
         {
             let mut st = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO files(dev, ino, size, mtime_s, mtime_ns, ctime_s, ctime_ns, chunks, extents, run)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    "INSERT OR REPLACE INTO signatures(chunk, signature, run) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(&e)?;
+            for (id, sig) in signatures {
+                st.execute(params![&id.0[..], sig, self.run]).map_err(&e)?;
+            }
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO files(dev, ino, size, mtime_s, mtime_ns, ctime_s, ctime_ns, chunks, extents, verified, run)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(&e)?;
             for ((dev, ino), c) in files {
@@ -204,6 +280,7 @@ impl FileCache {
                     c.ctime.nsec,
                     chunks,
                     extents,
+                    c.verified,
                     self.run
                 ])
                 .map_err(&e)?;
@@ -212,8 +289,14 @@ impl FileCache {
         tx.execute("DELETE FROM files WHERE run < ?1", [self.run - KEEP_RUNS])
             .map_err(&e)?;
         tx.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('run', ?1)",
-            [self.run],
+            "DELETE FROM signatures WHERE chunk IN
+             (SELECT chunk FROM signatures ORDER BY run DESC LIMIT -1 OFFSET ?1)",
+            [KEEP_SIGNATURES],
+        )
+        .map_err(&e)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('run', ?1), ('generation', ?2)",
+            [self.run, generation as i64],
         )
         .map_err(&e)?;
         tx.commit().map_err(&e)
@@ -235,11 +318,28 @@ mod tests {
             ctime: t(2),
             chunks: vec![ChunkId([3; 32])],
             extents: vec![(0, 4), (8, 2)],
+            verified: true,
+        };
+        let unverified = Cached {
+            verified: false,
+            ..c.clone()
         };
         let mut cache = FileCache::open(&p).unwrap();
-        cache.record(&[((1, 2), c.clone())]).unwrap();
+        assert_eq!(cache.generation, None);
+        cache
+            .record(
+                &[((1, 2), c.clone()), ((1, 5), unverified.clone())],
+                &[(ChunkId([4; 32]), vec![1, 2, 3])],
+                7,
+            )
+            .unwrap();
         drop(cache);
         let cache = FileCache::open(&p).unwrap();
+        assert_eq!(cache.generation, Some(7));
+        assert_eq!(cache.signatures.get(&ChunkId([4; 32])), Some(vec![1, 2, 3]));
+        assert_eq!(cache.signatures.get(&ChunkId([5; 32])), None);
+        assert_eq!(cache.known.lookup(1, 5, 10, t(1), t(2)), None);
+        assert_eq!(cache.known.previous(1, 5), Some(&unverified));
         assert_eq!(cache.known.lookup(1, 2, 10, t(1), t(2)), Some(&c));
         assert_eq!(cache.known.lookup(1, 2, 10, t(1), t(3)), None);
         assert_eq!(cache.known.lookup(1, 2, 11, t(1), t(2)), None);

@@ -5,6 +5,7 @@
 //! the embedded store and (later) a QUIC connection look the same to it.
 
 pub mod backup;
+pub mod base;
 pub mod browse;
 pub mod config;
 pub mod error;

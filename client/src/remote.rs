@@ -10,10 +10,11 @@
 use crate::error::ClientError;
 use homesync_protocol::wire::{self, ErrorCode, PutItem, Request, Response};
 use homesync_protocol::{
-    BlobId, BlobKind, Repository, Snapshot, SnapshotId, StoreConfig, StoreError, blob,
+    BlobId, BlobKind, Repository, Snapshot, SnapshotId, StoreConfig, StoreError, Transfer, blob,
 };
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 /// Where and how to reach a server.
@@ -56,6 +57,10 @@ pub struct RemoteRepository {
     config: StoreConfig,
     machine: String,
     role: String,
+    /// Payload bytes handed to the connection (see [`Transfer`]).
+    blob_bytes: AtomicU64,
+    delta_bytes: AtomicU64,
+    deltas: AtomicU64,
 }
 
 /// Accepts exactly the certificate whose BLAKE3 is the pinned fingerprint.
@@ -245,6 +250,9 @@ impl RemoteRepository {
             },
             machine,
             role,
+            blob_bytes: AtomicU64::new(0),
+            delta_bytes: AtomicU64::new(0),
+            deltas: AtomicU64::new(0),
         })
     }
 
@@ -400,6 +408,7 @@ impl RemoteRepository {
             .runtime
             .block_on(self.permits.clone().acquire_many_owned(units))
             .map_err(|_| refused("upload pipeline closed"))?;
+        self.blob_bytes.fetch_add(bytes as u64, Relaxed);
         let conn = self.conn.clone();
         let inflight = self.inflight.clone();
         self.runtime.spawn(async move {
@@ -532,6 +541,7 @@ impl Repository for RemoteRepository {
             blob: encoded.to_vec(),
         };
         self.drain()?;
+        self.blob_bytes.fetch_add(encoded.len() as u64, Relaxed);
         match self.request(&req, Some(id))? {
             Response::Put { stored } => Ok(stored),
             other => Err(unexpected(other)),
@@ -539,7 +549,17 @@ impl Repository for RemoteRepository {
     }
 
     fn get_blob(&self, id: BlobId, kind: BlobKind) -> Result<Vec<u8>, StoreError> {
-        self.drain()?;
+        // Only a blob still on its way up must wait for the pipeline (the
+        // parent snapshot's trees, read mid-backup, need not).
+        let sending = self
+            .inflight
+            .ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id);
+        if sending {
+            self.drain()?;
+        }
         match self.request(
             &Request::Get {
                 id,
@@ -580,5 +600,71 @@ impl Repository for RemoteRepository {
             Response::Forgotten => Ok(()),
             other => Err(unexpected(other)),
         }
+    }
+
+    fn generation(&self) -> Result<u64, StoreError> {
+        match self.request(&Request::Generation, None)? {
+            Response::Generation { generation } => Ok(generation),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn prefers_deltas(&self) -> bool {
+        true
+    }
+
+    /// Signatures come from the server, so nothing waits for the upload
+    /// pipeline: a chunk still on its way up is simply reported absent.
+    fn signatures(&self, ids: &[BlobId]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(wire::MAX_SIGNATURE_BATCH) {
+            let req = Request::Signatures {
+                ids: batch.to_vec(),
+            };
+            match self.request(&req, None)? {
+                Response::Signatures { list } if list.len() == batch.len() => {
+                    out.extend(list.into_iter().map(|s| s.map(|b| b.into_vec())));
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits for the answer (unlike whole chunks): a refused delta is
+    /// followed by the chunk itself, so the caller must know.
+    fn put_delta(&self, id: BlobId, base: BlobId, delta: &[u8]) -> Result<bool, StoreError> {
+        self.upload_error()?;
+        if self
+            .inflight
+            .ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+        {
+            return Ok(false);
+        }
+        self.delta_bytes.fetch_add(delta.len() as u64, Relaxed);
+        self.deltas.fetch_add(1, Relaxed);
+        let req = Request::PutDelta {
+            id,
+            base,
+            delta: delta.to_vec(),
+        };
+        match self.request(&req, Some(base))? {
+            Response::Put { stored } => Ok(stored),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn transfer(&self) -> Option<Transfer> {
+        let stats = self.conn.stats();
+        Some(Transfer {
+            sent: stats.udp_tx.bytes,
+            received: stats.udp_rx.bytes,
+            blob_bytes: self.blob_bytes.load(Relaxed),
+            delta_bytes: self.delta_bytes.load(Relaxed),
+            deltas: self.deltas.load(Relaxed),
+        })
     }
 }

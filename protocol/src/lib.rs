@@ -6,6 +6,7 @@
 
 pub mod blob;
 pub mod chunker;
+pub mod delta;
 pub mod id;
 pub mod repository;
 pub mod snapshot;
@@ -14,7 +15,8 @@ pub mod wire;
 
 pub use blob::{Blob, BlobEncoder, BlobError, BlobKind, Codec};
 pub use chunker::{ChunkerError, ChunkerParams};
+pub use delta::DeltaError;
 pub use id::{BlobId, ChunkId, IdParseError, SnapshotId, TreeId};
-pub use repository::{Repository, StoreConfig, StoreError};
+pub use repository::{Repository, StoreConfig, StoreError, Transfer};
 pub use snapshot::{Snapshot, SnapshotStats};
 pub use tree::{FormatError, Node, NodeKind, Timestamp, Tree};

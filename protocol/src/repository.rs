@@ -20,6 +20,41 @@ pub struct StoreConfig {
     pub zstd_level: i32,
 }
 
+/// Bytes a connection to a remote store moved since it opened. Payload
+/// counts are what the engine handed over; `sent` and `received` are whole
+/// UDP datagrams (QUIC and TLS framing, acknowledgements, retransmissions),
+/// so the difference is the protocol's overhead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfer {
+    pub sent: u64,
+    pub received: u64,
+    /// Encoded blobs (chunks and trees) sent whole.
+    pub blob_bytes: u64,
+    /// Delta payloads sent instead of whole chunks.
+    pub delta_bytes: u64,
+    pub deltas: u64,
+}
+
+impl Transfer {
+    /// What moved between `earlier` and `self`.
+    pub fn since(&self, earlier: &Transfer) -> Transfer {
+        Transfer {
+            sent: self.sent.saturating_sub(earlier.sent),
+            received: self.received.saturating_sub(earlier.received),
+            blob_bytes: self.blob_bytes.saturating_sub(earlier.blob_bytes),
+            delta_bytes: self.delta_bytes.saturating_sub(earlier.delta_bytes),
+            deltas: self.deltas.saturating_sub(earlier.deltas),
+        }
+    }
+
+    /// Bytes sent that were neither blobs nor deltas.
+    pub fn overhead(&self) -> u64 {
+        self.sent
+            .saturating_sub(self.blob_bytes)
+            .saturating_sub(self.delta_bytes)
+    }
+}
+
 /// Errors any store can return. Corruption always names the blob.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -85,6 +120,34 @@ pub trait Repository: Send + Sync {
 
     /// All snapshots, oldest first.
     fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError>;
+
+    /// The store's generation: it changes whenever blobs may have left the
+    /// store (garbage collection, an index rebuilt from packs). What a
+    /// client learnt about which blobs the store holds is only good for the
+    /// generation it learnt it in.
+    fn generation(&self) -> Result<u64, StoreError>;
+
+    /// Whether sending a chunk as a delta ([`Repository::put_delta`]) saves
+    /// anything: over a network it does; to an embedded store it would only
+    /// spend CPU.
+    fn prefers_deltas(&self) -> bool {
+        false
+    }
+
+    /// The delta signatures ([`crate::delta::signature`]) of these chunks;
+    /// `None` for a chunk the store lacks.
+    fn signatures(&self, ids: &[BlobId]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+
+    /// Stores chunk `id` given as a delta against chunk `base`, which the
+    /// store holds: the result is rebuilt, checked to hash to `id`, and
+    /// stored whole. Refused when it does not (then send the chunk whole).
+    /// Returns false when the store already had `id`.
+    fn put_delta(&self, id: BlobId, base: BlobId, delta: &[u8]) -> Result<bool, StoreError>;
+
+    /// Bytes moved so far, for a store across a network.
+    fn transfer(&self) -> Option<Transfer> {
+        None
+    }
 
     /// Removes a snapshot from the list. Its blobs stay until garbage
     /// collection finds nothing else references them. A server allows this

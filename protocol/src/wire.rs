@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 /// QUIC application protocol name; a change of it is a new protocol.
 pub const ALPN: &[u8] = b"homesync/1";
 /// Checked in `Hello`: both sides must speak the same version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 const FRAME_VERSION: u8 = 1;
 /// The largest frame: a maximal blob plus room for the message around it.
 pub const MAX_FRAME: usize = MAX_PLAIN_LEN + (1 << 20);
@@ -31,6 +31,9 @@ pub const MAX_FRAME: usize = MAX_PLAIN_LEN + (1 << 20);
 pub const MAX_HAS_BATCH: usize = 65_536;
 /// At most this many chunks per `PutBatch` request.
 pub const MAX_PUT_BATCH: usize = 4096;
+/// At most this many ids per `Signatures` request (a 4 MiB chunk's
+/// signature is 48 KiB: the answer stays far below [`MAX_FRAME`]).
+pub const MAX_SIGNATURE_BATCH: usize = 64;
 
 /// One chunk of a `PutBatch`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +73,18 @@ pub enum Request {
     PutBatch { chunks: Vec<PutItem> },
     /// Remove a snapshot from the list (admin credentials only).
     Forget { id: SnapshotId },
+    /// The store's generation (see `Repository::generation`).
+    Generation,
+    /// Delta signatures of these chunks (see [`crate::delta`]).
+    Signatures { ids: Vec<BlobId> },
+    /// Chunk `id` as a delta against chunk `base`; the server rebuilds it,
+    /// checks its hash and stores it whole. Answered like `Put`.
+    PutDelta {
+        id: BlobId,
+        base: BlobId,
+        #[serde(with = "serde_bytes")]
+        delta: Vec<u8>,
+    },
 }
 
 /// Why a request failed. Stable numbers: clients map them to exit codes.
@@ -127,6 +142,13 @@ pub enum Response {
         stored: Vec<bool>,
     },
     Forgotten,
+    Generation {
+        generation: u64,
+    },
+    Signatures {
+        /// One per id asked, `None` for a chunk the store lacks.
+        list: Vec<Option<serde_bytes::ByteBuf>>,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -148,6 +170,8 @@ pub enum WireError {
     BatchTooLarge(usize),
     #[error("`PutBatch` with {0} chunks, over the limit of {MAX_PUT_BATCH}")]
     PutBatchTooLarge(usize),
+    #[error("`Signatures` with {0} ids, over the limit of {MAX_SIGNATURE_BATCH}")]
+    SignatureBatchTooLarge(usize),
 }
 
 /// A whole frame: the length prefix is written in place afterwards, so a
@@ -210,6 +234,11 @@ impl Request {
         {
             return Err(WireError::PutBatchTooLarge(chunks.len()));
         }
+        if let Request::Signatures { ids } = &req
+            && ids.len() > MAX_SIGNATURE_BATCH
+        {
+            return Err(WireError::SignatureBatchTooLarge(ids.len()));
+        }
         Ok(req)
     }
 
@@ -224,6 +253,9 @@ impl Request {
             Request::Snapshots { .. } => "Snapshots",
             Request::PutBatch { .. } => "PutBatch",
             Request::Forget { .. } => "Forget",
+            Request::Generation => "Generation",
+            Request::Signatures { .. } => "Signatures",
+            Request::PutDelta { .. } => "PutDelta",
         }
     }
 }
@@ -335,6 +367,15 @@ mod tests {
             Request::Forget {
                 id: SnapshotId([7; 32]),
             },
+            Request::Generation,
+            Request::Signatures {
+                ids: vec![BlobId([8; 32])],
+            },
+            Request::PutDelta {
+                id: BlobId([9; 32]),
+                base: BlobId([10; 32]),
+                delta: vec![0, 1, 2],
+            },
         ]
     }
 
@@ -364,6 +405,10 @@ mod tests {
                 list: vec![serde_bytes::ByteBuf::from(vec![1, 2])],
             },
             Response::Forgotten,
+            Response::Generation { generation: 7 },
+            Response::Signatures {
+                list: vec![None, Some(serde_bytes::ByteBuf::from(vec![1]))],
+            },
             Response::error(ErrorCode::Forbidden, "no"),
         ];
         for r in responses {
@@ -456,7 +501,7 @@ mod tests {
         }
 
         #[test]
-        fn mutated_requests_never_panic(which in 0usize..8, at: usize, val: u8) {
+        fn mutated_requests_never_panic(which in 0usize..11, at: usize, val: u8) {
             let mut f = requests()[which].encode();
             let i = at % f.len();
             f[i] = val;

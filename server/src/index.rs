@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::pack::PackEntry;
 
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE packs(
@@ -31,6 +31,18 @@ CREATE TABLE snapshots(
     machine TEXT NOT NULL,
     root BLOB NOT NULL,
     data BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE meta(
+    key TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Version 1 had no `meta` table (generation 0 throughout).
+const MIGRATE_1_TO_2: &str = "
+CREATE TABLE meta(
+    key TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -105,6 +117,21 @@ impl Index {
                 .map_err(sql)?;
             }
             SCHEMA_VERSION => {}
+            1 => {
+                conn.execute_batch(&format!(
+                    "BEGIN IMMEDIATE; {MIGRATE_1_TO_2} PRAGMA user_version = 2; COMMIT;"
+                ))
+                .or_else(|e| {
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly) {
+                        // Read-only media: readable as it is (generation 0).
+                        return Ok(());
+                    }
+                    Err(StoreError::Index(format!(
+                        "{}: upgrading the index from version 1: {e}",
+                        path.display()
+                    )))
+                })?;
+            }
             v => {
                 return Err(StoreError::Index(format!(
                     "{}: schema version {v} is newer than this homesync ({SCHEMA_VERSION})",
@@ -113,6 +140,36 @@ impl Index {
             }
         }
         Ok(Index { conn })
+    }
+
+    /// See [`homesync_protocol::Repository::generation`]: 0 until blobs
+    /// are first removed.
+    pub fn generation(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE((SELECT value FROM meta WHERE key = 'generation'), 0)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|g| g as u64)
+            .or_else(|e| match &e {
+                // A version-1 index on read-only media has no meta table.
+                rusqlite::Error::SqliteFailure(_, Some(m)) if m.contains("no such table") => Ok(0),
+                _ => Err(sql(e)),
+            })
+    }
+
+    /// Moves to a new generation; call in the same breath as removing blobs.
+    pub fn bump_generation(&mut self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "INSERT INTO meta(key, value) VALUES ('generation', 1)
+                 ON CONFLICT(key) DO UPDATE SET value = value + 1 RETURNING value",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|g| g as u64)
+            .map_err(sql)
     }
 
     pub fn has(&self, id: &BlobId) -> Result<bool, StoreError> {
@@ -258,5 +315,33 @@ impl Index {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_index_is_upgraded_and_generations_move_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let v1 = SCHEMA.split("CREATE TABLE meta").next().unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(&format!("{v1} PRAGMA user_version = 1;"))
+            .unwrap();
+        let mut index = Index::open(&path, false).unwrap();
+        assert_eq!(index.generation().unwrap(), 0);
+        assert_eq!(index.bump_generation().unwrap(), 1);
+        assert_eq!(index.bump_generation().unwrap(), 2);
+        drop(index);
+        let index = Index::open(&path, false).unwrap();
+        assert_eq!(index.generation().unwrap(), 2);
+        let version: i64 = index
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 }

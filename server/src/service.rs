@@ -13,6 +13,7 @@ use homesync_protocol::{BlobKind, Repository, Snapshot, StoreError};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// The server's TLS identity: a self-signed certificate made on first start.
@@ -158,6 +159,39 @@ struct Authed {
     credential: Option<String>,
 }
 
+/// What one session moved, reported when its connection ends: the
+/// server's own count of what clients sent it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionReport {
+    pub peer: String,
+    /// The authenticated machine, if the session got that far.
+    pub machine: Option<String>,
+    pub requests: u64,
+    /// Encoded blobs received whole (chunks and trees), stored or not.
+    pub blob_bytes: u64,
+    pub blobs_stored: u64,
+    /// Delta payloads received, and how many were stored or refused.
+    pub delta_bytes: u64,
+    pub deltas_stored: u64,
+    pub deltas_refused: u64,
+    /// UDP bytes in each direction, QUIC framing included.
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+}
+
+/// A session's running counts (see [`SessionReport`]).
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    blob_bytes: AtomicU64,
+    blobs_stored: AtomicU64,
+    delta_bytes: AtomicU64,
+    deltas_stored: AtomicU64,
+    deltas_refused: AtomicU64,
+}
+
+type Reporter = Box<dyn Fn(&SessionReport) + Send + Sync>;
+
 /// What every connection task shares.
 pub struct Service {
     store: Arc<Store>,
@@ -169,6 +203,7 @@ pub struct Service {
     /// units of [`MEMORY_UNIT`]. A stream waits for its share before its
     /// body is read; meanwhile QUIC flow control holds the client back.
     memory: Arc<tokio::sync::Semaphore>,
+    reporter: Option<Reporter>,
 }
 
 /// All request buffers together stay under this many bytes.
@@ -183,7 +218,14 @@ impl Service {
             max_connections,
             connections: Default::default(),
             memory: Arc::new(tokio::sync::Semaphore::new(REQUEST_MEMORY / MEMORY_UNIT)),
+            reporter: None,
         }
+    }
+
+    /// Calls `f` with each session's counts when its connection ends.
+    pub fn on_session_end(mut self, f: impl Fn(&SessionReport) + Send + Sync + 'static) -> Self {
+        self.reporter = Some(Box::new(f));
+        self
     }
 
     /// Accepts connections until `shutdown` resolves, then stops accepting,
@@ -242,6 +284,7 @@ impl Service {
         };
         let peer = conn.remote_address();
         let session = Arc::new(tokio::sync::Mutex::new(Session::<Authed>::default()));
+        let counters = Arc::new(Counters::default());
         let streams = tokio_util_tasks::Tasks::default();
         loop {
             match conn.accept_bi().await {
@@ -249,7 +292,10 @@ impl Service {
                     let svc = self.clone();
                     let session = session.clone();
                     let conn = conn.clone();
-                    streams.spawn(async move { svc.stream(conn, session, send, recv).await });
+                    let counters = counters.clone();
+                    streams.spawn(
+                        async move { svc.stream(conn, session, &counters, send, recv).await },
+                    );
                 }
                 Err(e) => {
                     tracing::debug!("{peer}: connection ended: {e}");
@@ -267,12 +313,33 @@ impl Service {
         {
             tracing::error!("{peer}: flushing after the session: {e}");
         }
+        if let Some(report) = &self.reporter {
+            let machine = match &*session.lock().await {
+                Session::Ready(a) => Some(a.principal.machine.clone()),
+                _ => None,
+            };
+            let stats = conn.stats();
+            let get = |c: &AtomicU64| c.load(Relaxed);
+            report(&SessionReport {
+                peer: peer.to_string(),
+                machine,
+                requests: get(&counters.requests),
+                blob_bytes: get(&counters.blob_bytes),
+                blobs_stored: get(&counters.blobs_stored),
+                delta_bytes: get(&counters.delta_bytes),
+                deltas_stored: get(&counters.deltas_stored),
+                deltas_refused: get(&counters.deltas_refused),
+                bytes_received: stats.udp_rx.bytes,
+                bytes_sent: stats.udp_tx.bytes,
+            });
+        }
     }
 
     async fn stream(
         self: Arc<Self>,
         conn: quinn::Connection,
         session: Arc<tokio::sync::Mutex<Session<Authed>>>,
+        counters: &Arc<Counters>,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
@@ -288,7 +355,7 @@ impl Service {
             Ok((bytes, permit)) => {
                 let response = match Request::decode(&bytes) {
                     Err(e) => Response::error(ErrorCode::BadRequest, e.to_string()),
-                    Ok(req) => self.request(peer, &session, req).await,
+                    Ok(req) => self.request(peer, &session, counters, req).await,
                 };
                 (response, Some(permit))
             }
@@ -316,8 +383,10 @@ impl Service {
         self: &Arc<Self>,
         peer: SocketAddr,
         session: &tokio::sync::Mutex<Session<Authed>>,
+        counters: &Arc<Counters>,
         req: Request,
     ) -> Response {
+        counters.requests.fetch_add(1, Relaxed);
         let mut s = session.lock().await;
         let authed = match s.admit(&req) {
             Err(r) => return r,
@@ -366,13 +435,14 @@ impl Service {
         // Re-check the credential on every request so that revoking it
         // takes effect at once, even for open sessions.
         let svc = self.clone();
+        let counters = counters.clone();
         tokio::task::spawn_blocking(move || {
             if let Some(c) = &authed.credential
                 && svc.auth.authenticate(c).ok().as_ref() != Some(&authed.principal)
             {
                 return Response::error(ErrorCode::Unauthenticated, "credential revoked");
             }
-            svc.serve(&authed.principal, req)
+            svc.serve(&authed.principal, req, &counters)
         })
         .await
         .unwrap_or_else(|e| {
@@ -381,7 +451,10 @@ impl Service {
     }
 
     /// One authenticated request (blocking: runs on the blocking pool).
-    fn serve(&self, p: &Principal, req: Request) -> Response {
+    fn serve(&self, p: &Principal, req: Request, counters: &Counters) -> Response {
+        let count = |c: &AtomicU64, n: usize| {
+            c.fetch_add(n as u64, Relaxed);
+        };
         let kind_of = |k: u8| {
             BlobKind::from_u8(k)
                 .ok_or_else(|| Response::error(ErrorCode::BadRequest, "unknown blob kind"))
@@ -406,20 +479,59 @@ impl Service {
                     }
                     Err(r) => return r,
                 };
-                self.store
-                    .put_blob(id, kind, &blob)
-                    .map(|stored| Response::Put { stored })
+                count(&counters.blob_bytes, blob.len());
+                self.store.put_blob(id, kind, &blob).map(|stored| {
+                    count(&counters.blobs_stored, stored as usize);
+                    Response::Put { stored }
+                })
             }
             Request::PutBatch { chunks } => {
                 if !p.can_upload_blobs() {
                     return Response::error(ErrorCode::Forbidden, "this credential cannot upload");
                 }
+                count(
+                    &counters.blob_bytes,
+                    chunks.iter().map(|c| c.blob.len()).sum(),
+                );
                 chunks
                     .iter()
                     .map(|c| self.store.put_blob(c.id, BlobKind::Chunk, &c.blob))
                     .collect::<Result<Vec<bool>, _>>()
-                    .map(|stored| Response::PutBatch { stored })
+                    .map(|stored| {
+                        count(
+                            &counters.blobs_stored,
+                            stored.iter().filter(|&&s| s).count(),
+                        );
+                        Response::PutBatch { stored }
+                    })
             }
+            Request::PutDelta { id, base, delta } => {
+                if !p.can_upload_blobs() {
+                    return Response::error(ErrorCode::Forbidden, "this credential cannot upload");
+                }
+                count(&counters.delta_bytes, delta.len());
+                let r = self.store.put_delta(id, base, &delta);
+                match &r {
+                    Ok(true) => count(&counters.deltas_stored, 1),
+                    Ok(false) => {}
+                    Err(_) => count(&counters.deltas_refused, 1),
+                }
+                r.map(|stored| Response::Put { stored })
+            }
+            Request::Signatures { ids } => {
+                self.store
+                    .signatures(&ids)
+                    .map(|sigs| Response::Signatures {
+                        list: sigs
+                            .into_iter()
+                            .map(|s| s.map(serde_bytes::ByteBuf::from))
+                            .collect(),
+                    })
+            }
+            Request::Generation => self
+                .store
+                .generation()
+                .map(|generation| Response::Generation { generation }),
             Request::Forget { id } => {
                 if !p.can_delete() {
                     return Response::error(

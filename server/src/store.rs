@@ -16,8 +16,8 @@ use crate::index::Index;
 use crate::pack::{PackEntry, PackWriter};
 use homesync_protocol::blob::{self, Blob};
 use homesync_protocol::{
-    BlobId, BlobKind, ChunkerParams, Repository, Snapshot, SnapshotId, StoreConfig, StoreError,
-    Tree,
+    BlobEncoder, BlobId, BlobKind, ChunkId, ChunkerParams, Repository, Snapshot, SnapshotId,
+    StoreConfig, StoreError, Tree, delta,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -491,6 +491,40 @@ impl Repository for Store {
 
     fn forget_snapshot(&self, id: SnapshotId) -> Result<(), StoreError> {
         lock(&self.shared.index).remove_snapshot(&id)
+    }
+
+    fn generation(&self) -> Result<u64, StoreError> {
+        lock(&self.shared.index).generation()
+    }
+
+    fn signatures(&self, ids: &[BlobId]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        ids.iter()
+            .map(|&id| match self.get_blob(id, BlobKind::Chunk) {
+                Ok(plain) => Ok(Some(delta::signature(&plain))),
+                Err(StoreError::Missing(_)) => Ok(None),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
+    fn put_delta(&self, id: BlobId, base: BlobId, payload: &[u8]) -> Result<bool, StoreError> {
+        if self.has_blobs(&[id])?[0] {
+            return Ok(false);
+        }
+        let base_plain = self.get_blob(base, BlobKind::Chunk)?;
+        let refused = |why: String| {
+            StoreError::Refused(format!("delta for chunk {id} against {base}: {why}"))
+        };
+        // No chunk is larger than the chunker's maximum: neither may a
+        // delta's result be.
+        let plain = delta::apply(&base_plain, payload, self.config.chunker.max as usize)
+            .map_err(|e| refused(e.to_string()))?;
+        // fast_rsync's checksums only chose blocks; BLAKE3 decides.
+        if BlobId::from(ChunkId::of(&plain)) != id {
+            return Err(refused("the result does not hash to the chunk's id".into()));
+        }
+        let blob = BlobEncoder::new(self.config.zstd_level).encode(BlobKind::Chunk, &plain);
+        self.put_blob(id, BlobKind::Chunk, &blob)
     }
 }
 

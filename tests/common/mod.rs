@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// The script that installs every external tool these tests call.
+pub mod server;
+
 pub const INSTALL_SCRIPT: &str = "scripts/install-test-deps.sh";
 
 /// How long one run of the binary may take before the test gives up on it
