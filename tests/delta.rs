@@ -112,14 +112,17 @@ fn a_forged_delta_is_refused_and_nothing_is_stored() {
 
     // Right delta, wrong claimed id: the result does not hash to it.
     let forged = BlobId::from(ChunkId::of(b"something else"));
-    match repo.put_delta(forged, base_id, &d) {
+    match repo.put_delta(forged, BlobKind::Chunk, base_id, &d) {
         Err(StoreError::Refused(why)) => assert!(why.contains("hash"), "{why}"),
         other => panic!("forged delta: {other:?}"),
     }
     // Garbage, and a base the store lacks.
-    assert!(repo.put_delta(edited_id, base_id, &[1, 2, 3]).is_err());
+    assert!(
+        repo.put_delta(edited_id, BlobKind::Chunk, base_id, &[1, 2, 3])
+            .is_err()
+    );
     assert!(matches!(
-        repo.put_delta(edited_id, forged, &d),
+        repo.put_delta(edited_id, BlobKind::Chunk, forged, &d),
         Err(StoreError::Missing(_))
     ));
     assert_eq!(
@@ -129,7 +132,10 @@ fn a_forged_delta_is_refused_and_nothing_is_stored() {
     );
 
     // The honest delta is stored as the whole chunk.
-    assert!(repo.put_delta(edited_id, base_id, &d).unwrap());
+    assert!(
+        repo.put_delta(edited_id, BlobKind::Chunk, base_id, &d)
+            .unwrap()
+    );
     assert_eq!(repo.get_blob(edited_id, BlobKind::Chunk).unwrap(), edited);
     drop(repo);
     let s = &server.sessions(1)[0];
@@ -141,7 +147,7 @@ fn a_forged_delta_is_refused_and_nothing_is_stored() {
 }
 
 #[test]
-fn a_renamed_directory_sends_no_chunks() {
+fn unchanged_renamed_and_slightly_changed_directories_cost_almost_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(tmp.path());
     let client = server.client(&server.add_machine("laptop", false), tmp.path());
@@ -151,21 +157,40 @@ fn a_renamed_directory_sends_no_chunks() {
         &random_bytes(5, 3 << 20),
     );
     write_file(&src.join("projects/old/notes.txt"), b"notes\n");
+    for i in 0..2000 {
+        write_file(
+            &src.join(format!("big/f{i:04}")),
+            format!("file {i}\n").as_bytes(),
+        );
+    }
     // The cache vouches only for files whose ctime is 2 s before the backup.
     std::thread::sleep(std::time::Duration::from_millis(3100));
     client.backup(&src);
+
+    // Nothing changed: nothing is read, and the store is asked next to
+    // nothing (no question per directory, no tree sent).
+    let same = client.backup(&src);
+    assert_eq!(same.summary_u64("files_read"), 0, "{}", same.describe());
+
+    // A directory renamed, and one file added to a directory of 2000.
     std::fs::rename(src.join("projects/old"), src.join("archive")).unwrap();
+    write_file(&src.join("big/new"), b"new\n");
     let moved = client.backup(&src);
-    assert_eq!(moved.summary_u64("files_read"), 0, "{}", moved.describe());
-    let s = server.sessions(2);
-    // Only the changed directories' trees went up.
-    assert!(payload(&s[1]) < 4096, "{}", s[1]);
+    assert_eq!(moved.summary_u64("files_read"), 1, "{}", moved.describe());
+
+    let s = server.sessions(3);
+    assert_eq!(payload(&s[1]), 0, "{}", s[1]);
+    assert!(u(&s[1], "bytes_received") < 16 << 10, "{}", s[1]);
+    // No chunk of the renamed files; the large directory's tree as a delta.
+    assert!(payload(&s[2]) < 16 << 10, "{}", s[2]);
+    assert!(u(&s[2], "deltas_stored") >= 1, "{}", s[2]);
     let target = tmp.path().join("restored");
     client.restore_latest(&target);
     same_bytes(
         &src.join("archive/data.bin"),
         &target.join("archive/data.bin"),
     );
+    assert_same_listing("after rename", &mtree(&src), &mtree(&target));
 }
 
 #[test]

@@ -15,7 +15,7 @@ use homesync_protocol::{
 };
 use rayon::prelude::*;
 use std::cell::{OnceCell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -57,6 +57,8 @@ const GROUP: usize = 128;
 const READ_ATTEMPTS: usize = 3;
 /// Chunks smaller than this are sent whole: a delta would save little.
 const MIN_DELTA_CHUNK: usize = 16 << 10;
+/// Trees whose blob is smaller than this are sent whole.
+const MIN_DELTA_TREE: usize = 8 << 10;
 
 thread_local! {
     static ENCODER: RefCell<Option<BlobEncoder>> = const { RefCell::new(None) };
@@ -290,7 +292,14 @@ impl Pipeline<'_> {
                         .encode_into(BlobKind::Chunk, piece, &mut out)
                 });
                 if let Some((base, sig)) = bases.get(&i)
-                    && let Some(stored) = self.put_as_delta(id, *base, sig, piece, out.len())
+                    && let Some(stored) = self.put_as_delta(
+                        id.into(),
+                        BlobKind::Chunk,
+                        (*base).into(),
+                        sig,
+                        piece,
+                        out.len(),
+                    )
                 {
                     return Ok::<_, StoreError>(stored.then_some(out.len()));
                 }
@@ -313,18 +322,19 @@ impl Pipeline<'_> {
         Ok(ids)
     }
 
-    /// Sends `piece` as a delta against `base` if that is clearly smaller
+    /// Sends `plain` as a delta against `base` if that is clearly smaller
     /// than its blob (`blob_len` bytes). `None`: send the blob instead (the
     /// delta was not worth it, or the store refused it).
     fn put_as_delta(
         &self,
-        id: ChunkId,
-        base: ChunkId,
+        id: BlobId,
+        kind: BlobKind,
+        base: BlobId,
         sig: &delta::Signature,
-        piece: &[u8],
+        plain: &[u8],
         blob_len: usize,
     ) -> Option<bool> {
-        let d = delta::encode(sig, piece, self.level)
+        let d = delta::encode(sig, plain, self.level)
             .inspect_err(|e| tracing::debug!("delta for {id}: {e}"))
             .ok()?;
         // Clearly smaller: an eighth of the blob saved, and a few KiB. A
@@ -334,10 +344,8 @@ impl Pipeline<'_> {
             return None;
         }
         self.repo
-            .put_delta(id.into(), base.into(), &d)
-            .inspect_err(|e| {
-                tracing::info!("delta for chunk {id} not taken ({e}); sending it whole")
-            })
+            .put_delta(id, kind, base, &d)
+            .inspect_err(|e| tracing::info!("delta for {id} not taken ({e}); sending it whole"))
             .ok()
     }
 
@@ -632,23 +640,22 @@ fn backup_once(
             })
             .ok()
     });
-    // Learnt in another generation of the store (blobs were removed since),
-    // the cache still says which files are unchanged, but no longer that
-    // the store holds their chunks: those are asked for before use.
+    // An entry learnt in another generation of the store (blobs were
+    // removed since) still says the file is unchanged, but no longer that
+    // the store holds its chunks: those are asked for before use.
     let generation = repo.generation()?;
-    let vouched = cache
+    let source_bytes = source.as_os_str().as_bytes();
+    // Directories whose tree the last snapshot already had need no question.
+    let known_trees = cache
         .as_ref()
-        .is_some_and(|c| c.generation == Some(generation));
-    if cache.as_ref().is_some_and(|c| !c.known.is_empty()) && !vouched {
-        tracing::info!(
-            "the store changed since the file-state cache was written: checking cached chunks"
-        );
-    }
+        .filter(|_| trust_cache)
+        .map(|c| c.known_trees(source_bytes, generation))
+        .unwrap_or_default();
     let parent = repo
         .snapshots()?
         .into_iter()
         .rev()
-        .find(|(_, s)| s.machine == opts.machine && s.source == source.as_os_str().as_bytes());
+        .find(|(_, s)| s.machine == opts.machine && s.source == source_bytes);
 
     let pipeline = Pipeline {
         repo,
@@ -679,16 +686,12 @@ fn backup_once(
                 .iter()
                 .map(|job| known.and_then(|k| k.lookup(job.dev, job.ino, job.size, job.mtime, job.ctime)))
                 .collect();
-            let hits = if vouched {
-                hits
-            } else {
-                match confirm_present(repo, hits) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        abort.store(true, Relaxed);
-                        fatal.lock().expect("fatal").get_or_insert(e);
-                        return out;
-                    }
+            let hits = match confirm_present(repo, hits, generation) {
+                Ok(h) => h,
+                Err(e) => {
+                    abort.store(true, Relaxed);
+                    fatal.lock().expect("fatal").get_or_insert(e);
+                    return out;
                 }
             };
             let mut to_read = Vec::new();
@@ -750,7 +753,15 @@ fn backup_once(
     tracing::info!("files done at {:?}", timer.elapsed());
     let mut errors = errors.into_inner().expect("errors");
     let mut stats = SnapshotStats::default();
-    let root = build_trees(&pipeline, &scan, &results, &mut stats, &mut errors)?;
+    let trees = build_trees(
+        &pipeline,
+        &scan,
+        &results,
+        &known_trees,
+        &mut stats,
+        &mut errors,
+    )?;
+    let root = trees[0];
     tracing::info!("trees done at {:?}", timer.elapsed());
     let mut root_node = scan.dirs[0].node.clone();
     root_node.subtree = Some(root);
@@ -763,7 +774,7 @@ fn backup_once(
     let snapshot = Snapshot {
         time: start,
         machine: opts.machine.clone(),
-        source: source.as_os_str().as_bytes().to_vec(),
+        source: source_bytes.to_vec(),
         root: root_node,
         parent: parent.map(|(id, _)| id),
         tags: opts.tags.clone(),
@@ -776,7 +787,9 @@ fn backup_once(
     if let Some(cache) = &mut cache {
         // Only files that were stable while read, and whose ctime is safely
         // before the backup started (a change within the same timestamp
-        // tick would otherwise go unnoticed next time), enter the cache.
+        // tick would otherwise go unnoticed next time), are vouched for.
+        // ctime alone decides: every write moves it to the kernel's "now",
+        // while mtime may be set anywhere, even into the future.
         let racy = start.sec - 2;
         let entries: Vec<((u64, u64), Cached)> = scan
             .files
@@ -794,12 +807,12 @@ fn backup_once(
                         ctime: c.ctime,
                         chunks: c.chunks.clone(),
                         extents: c.extents.clone(),
-                        verified: *stable && c.ctime.sec < racy && c.mtime.sec < racy,
+                        verified_in: (*stable && c.ctime.sec < racy).then_some(generation),
                     },
                 ))
             })
             .collect();
-        if let Err(e) = cache.record(&entries, &signatures, generation) {
+        if let Err(e) = cache.record(source_bytes, generation, &entries, &trees, &signatures) {
             tracing::warn!("could not update the file-state cache: {e}");
         }
     }
@@ -811,15 +824,19 @@ fn backup_once(
     })
 }
 
-/// Keeps the cache hits whose chunks the store still holds (one question
-/// for the whole group); the others are read again.
+/// Keeps the cache hits learnt in this `generation` of the store, and of
+/// the others those whose chunks the store still holds (one question for
+/// the whole group); the rest are read again.
 fn confirm_present<'c>(
     repo: &dyn Repository,
     hits: Vec<Option<&'c Cached>>,
+    generation: u64,
 ) -> Result<Vec<Option<&'c Cached>>, StoreError> {
+    let stale = |c: &Cached| c.verified_in != Some(generation);
     let ids: Vec<BlobId> = hits
         .iter()
         .flatten()
+        .filter(|c| stale(c))
         .flat_map(|c| c.chunks.iter().map(|&id| id.into()))
         .collect();
     if ids.is_empty() {
@@ -828,23 +845,25 @@ fn confirm_present<'c>(
     let present: HashMap<BlobId, bool> = ids.iter().copied().zip(repo.has_blobs(&ids)?).collect();
     Ok(hits
         .into_iter()
-        .map(|h| h.filter(|c| c.chunks.iter().all(|&id| present[&BlobId::from(id)])))
+        .map(|h| h.filter(|c| !stale(c) || c.chunks.iter().all(|&id| present[&BlobId::from(id)])))
         .collect())
 }
 
 /// Builds and stores every directory's tree, children first; returns the
-/// root tree's id. A tree the store already has is not sent again.
+/// trees' ids, the root's first. A tree the store already has (`known`, or
+/// so it answers) is not sent again.
 fn build_trees(
     p: &Pipeline,
     scan: &Scan,
     results: &[Option<(FileContent, bool)>],
+    known: &HashSet<TreeId>,
     stats: &mut SnapshotStats,
     errors: &mut Vec<EntryError>,
-) -> Result<TreeId, ClientError> {
+) -> Result<Vec<TreeId>, ClientError> {
     let mut ids: Vec<Option<TreeId>> = vec![None; scan.dirs.len()];
     let mut encoder = BlobEncoder::new(p.level);
     // Encoded trees in the order they must be stored (children first).
-    let mut encoded: Vec<(TreeId, Vec<u8>)> = Vec::with_capacity(scan.dirs.len());
+    let mut encoded: Vec<(usize, TreeId, Vec<u8>)> = Vec::with_capacity(scan.dirs.len());
     for d in (0..scan.dirs.len()).rev() {
         let mut nodes = Vec::with_capacity(scan.dirs[d].entries.len());
         for e in &scan.dirs[d].entries {
@@ -896,26 +915,51 @@ fn build_trees(
             )));
         }
         let id = TreeId::of(&bytes);
-        encoded.push((id, bytes));
+        encoded.push((d, id, bytes));
         ids[d] = Some(id);
     }
     // A tree's id depends only on its contents, so every id is known before
     // anything is sent: one batched question finds the new trees (over a
     // network: one round trip, not one per directory), which then go up
     // children first.
-    let blob_ids: Vec<_> = encoded.iter().map(|(id, _)| (*id).into()).collect();
+    encoded.retain(|(_, id, _)| !known.contains(id));
+    let blob_ids: Vec<_> = encoded.iter().map(|(_, id, _)| (*id).into()).collect();
     let present = p.repo.has_blobs(&blob_ids)?;
-    let mut sent = std::collections::HashSet::new();
-    for ((id, bytes), present) in encoded.iter().zip(present) {
+    let mut sent = HashSet::new();
+    for ((d, id, bytes), present) in encoded.iter().zip(present) {
         if present || !sent.insert(*id) {
             continue;
         }
         let blob = encoder.encode(BlobKind::Tree, bytes);
         let len = blob.len() as u64;
-        if p.repo.put_blob((*id).into(), BlobKind::Tree, &blob)? {
+        // A directory that changed a little (a file added, one mtime) goes
+        // as a delta against its tree in the parent snapshot: a large
+        // directory's tree is mostly chunk ids, which do not compress.
+        let as_delta = (p.deltas && blob.len() > MIN_DELTA_TREE)
+            .then(|| p.parent.tree_at(&scan.dirs[*d].rel))
+            .flatten()
+            .and_then(|(base, base_bytes)| {
+                let sig = delta::parse_signature(delta::signature(&base_bytes)).ok()?;
+                p.put_as_delta(
+                    (*id).into(),
+                    BlobKind::Tree,
+                    base.into(),
+                    &sig,
+                    bytes,
+                    blob.len(),
+                )
+            });
+        let stored = match as_delta {
+            Some(stored) => stored,
+            None => p.repo.put_blob((*id).into(), BlobKind::Tree, &blob)?,
+        };
+        if stored {
             p.counters.blobs_added.fetch_add(1, Relaxed);
             p.counters.bytes_added.fetch_add(len, Relaxed);
         }
     }
-    Ok(ids[0].expect("root tree"))
+    Ok(ids
+        .into_iter()
+        .map(|id| id.expect("every tree built"))
+        .collect())
 }

@@ -88,17 +88,34 @@ impl<'a> ParentTrees<'a> {
         tree
     }
 
-    /// The chunks the parent snapshot holds for the regular file at `rel`
-    /// (`/`-separated, from the backup's root).
-    pub fn file_chunks(&self, rel: &[u8]) -> Option<Vec<ChunkId>> {
-        let mut tree = self.tree(self.root?)?;
-        let mut names = rel.split(|&b| b == b'/').filter(|c| !c.is_empty());
-        let mut name = names.next()?;
-        for next in names {
+    /// The id of the parent snapshot's tree for the directory at `rel`
+    /// (`/`-separated from the backup's root; empty for the root).
+    fn tree_id_at(&self, rel: &[u8]) -> Option<TreeId> {
+        let mut id = self.root?;
+        for name in rel.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            let tree = self.tree(id)?;
             let dir = tree.nodes.iter().find(|n| n.name == name)?;
-            tree = self.tree(dir.subtree?)?;
-            name = next;
+            id = dir.subtree?;
         }
+        Some(id)
+    }
+
+    /// The parent snapshot's tree for the directory at `rel`, encoded: the
+    /// base for a delta of the directory's new tree.
+    pub fn tree_at(&self, rel: &[u8]) -> Option<(TreeId, Vec<u8>)> {
+        let id = self.tree_id_at(rel)?;
+        // Encoding is canonical, so this is the stored tree byte for byte.
+        let bytes = self.tree(id)?.encode();
+        (TreeId::of(&bytes) == id).then_some((id, bytes))
+    }
+
+    /// The chunks the parent snapshot holds for the regular file at `rel`.
+    pub fn file_chunks(&self, rel: &[u8]) -> Option<Vec<ChunkId>> {
+        let (dir, name) = match rel.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&rel[..i], &rel[i + 1..]),
+            None => (&rel[..0], rel),
+        };
+        let tree = self.tree(self.tree_id_at(dir)?)?;
         let node = tree.nodes.iter().find(|n| n.name == name)?;
         (node.kind == NodeKind::File).then(|| node.chunks.clone())
     }

@@ -8,17 +8,19 @@
 //! damaged it is recreated and the next backup simply reads more.
 //!
 //! Two more things live here:
-//! - the store *generation* the entries were learnt in: when the store's
-//!   generation moves on (garbage collection), cached chunk lists are no
+//! - the store *generation* each entry was learnt in: once the store's
+//!   generation moves on (garbage collection), a cached chunk list is no
 //!   longer proof that the store holds those chunks, and the backup asks
-//!   before relying on them;
+//!   before relying on it;
+//! - the trees of each source's last snapshot (with their generation), so
+//!   a backup need not ask the store about directories that did not change;
 //! - delta signatures of chunks the client uploaded for files that change,
 //!   so the next small edit of such a file is encoded against them without
 //!   asking the server.
 
-use homesync_protocol::{ChunkId, Timestamp};
+use homesync_protocol::{ChunkId, Timestamp, TreeId};
 use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -30,10 +32,11 @@ pub struct Cached {
     pub ctime: Timestamp,
     pub chunks: Vec<ChunkId>,
     pub extents: Vec<(u64, u64)>,
-    /// Whether the entry can vouch for an unchanged file. A file changed
-    /// too recently to trust its timestamps is still recorded, unverified:
-    /// its chunk list is the base for deltas of its next version.
-    pub verified: bool,
+    /// The store generation in which the entry was checked, if it can
+    /// vouch for an unchanged file at all. A file changed too recently to
+    /// trust its timestamps is still recorded (`None`): its chunk list is
+    /// the base for deltas of its next version.
+    pub verified_in: Option<u64>,
 }
 
 /// The cache's entries in memory: a plain map, so the parallel backup
@@ -51,9 +54,9 @@ impl Known {
         mtime: Timestamp,
         ctime: Timestamp,
     ) -> Option<&Cached> {
-        self.0
-            .get(&(dev, ino))
-            .filter(|c| c.verified && c.size == size && c.mtime == mtime && c.ctime == ctime)
+        self.0.get(&(dev, ino)).filter(|c| {
+            c.verified_in.is_some() && c.size == size && c.mtime == mtime && c.ctime == ctime
+        })
     }
 
     /// What was stored for this inode last time, whatever changed since:
@@ -75,8 +78,6 @@ pub struct FileCache {
     path: PathBuf,
     conn: Connection,
     pub known: Known,
-    /// The store generation `known` was learnt in; `None` for a new cache.
-    pub generation: Option<u64>,
     /// Cached signatures, read by the backup workers.
     pub signatures: SignatureCache,
     run: i64,
@@ -91,13 +92,17 @@ CREATE TABLE IF NOT EXISTS files(
     mtime_s INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
     ctime_s INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
     chunks BLOB NOT NULL, extents BLOB NOT NULL,
-    verified INTEGER NOT NULL,
+    verified_in INTEGER,
     run INTEGER NOT NULL,
     PRIMARY KEY(dev, ino)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS signatures(
     chunk BLOB PRIMARY KEY NOT NULL,
     signature BLOB NOT NULL,
     run INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trees(
+    source BLOB PRIMARY KEY NOT NULL,
+    generation INTEGER NOT NULL,
+    ids BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 ";
 
@@ -181,11 +186,10 @@ impl FileCache {
                 .map_err(&e)
         };
         let run = meta("run")?.unwrap_or(0);
-        let generation = meta("generation")?.map(|g| g as u64);
         let mut entries = HashMap::new();
         {
             let mut st = conn
-                .prepare("SELECT dev, ino, size, mtime_s, mtime_ns, ctime_s, ctime_ns, chunks, extents, verified FROM files")
+                .prepare("SELECT dev, ino, size, mtime_s, mtime_ns, ctime_s, ctime_ns, chunks, extents, verified_in FROM files")
                 .map_err(&e)?;
             let rows = st
                 .query_map([], |r| {
@@ -216,7 +220,7 @@ impl FileCache {
                                     )
                                 })
                                 .collect(),
-                            verified: r.get(9)?,
+                            verified_in: r.get::<_, Option<i64>>(9)?.map(|g| g as u64),
                         },
                     ))
                 })
@@ -231,24 +235,51 @@ impl FileCache {
             path: path.to_path_buf(),
             conn,
             known: Known(entries),
-            generation,
             signatures,
             run: run + 1,
         })
     }
 
-    /// Records the files of a committed snapshot, learnt in store
-    /// `generation`, and new signatures; forgets what was not seen for a
-    /// while. One transaction.
+    /// The trees of `source`'s last snapshot, if it was taken in store
+    /// `generation`: the store holds every one of them.
+    pub fn known_trees(&self, source: &[u8], generation: u64) -> HashSet<TreeId> {
+        self.conn
+            .query_row(
+                "SELECT ids FROM trees WHERE source = ?1 AND generation = ?2",
+                params![source, generation as i64],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+            .ok()
+            .flatten()
+            .map(|ids| {
+                ids.chunks_exact(32)
+                    .map(|c| TreeId(c.try_into().expect("32 bytes")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Records a committed snapshot of `source`, taken in store
+    /// `generation`: its files, its trees, and new signatures; forgets what
+    /// was not seen for a while. One transaction.
     pub fn record(
         &mut self,
-        files: &[((u64, u64), Cached)],
-        signatures: &[(ChunkId, Vec<u8>)],
+        source: &[u8],
         generation: u64,
+        files: &[((u64, u64), Cached)],
+        trees: &[TreeId],
+        signatures: &[(ChunkId, Vec<u8>)],
     ) -> Result<(), crate::ClientError> {
         let e = err(&self.path);
         let tx = self.conn.transaction().map_err(&e)?;
         {
+            let ids: Vec<u8> = trees.iter().flat_map(|t| t.0).collect();
+            tx.execute(
+                "INSERT OR REPLACE INTO trees(source, generation, ids) VALUES (?1, ?2, ?3)",
+                params![source, generation as i64, ids],
+            )
+            .map_err(&e)?;
             let mut st = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO signatures(chunk, signature, run) VALUES (?1, ?2, ?3)",
@@ -259,7 +290,7 @@ impl FileCache {
             }
             let mut st = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO files(dev, ino, size, mtime_s, mtime_ns, ctime_s, ctime_ns, chunks, extents, verified, run)
+                    "INSERT OR REPLACE INTO files(dev, ino, size, mtime_s, mtime_ns, ctime_s, ctime_ns, chunks, extents, verified_in, run)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(&e)?;
@@ -280,7 +311,7 @@ impl FileCache {
                     c.ctime.nsec,
                     chunks,
                     extents,
-                    c.verified,
+                    c.verified_in.map(|g| g as i64),
                     self.run
                 ])
                 .map_err(&e)?;
@@ -295,8 +326,8 @@ impl FileCache {
         )
         .map_err(&e)?;
         tx.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('run', ?1), ('generation', ?2)",
-            [self.run, generation as i64],
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('run', ?1)",
+            [self.run],
         )
         .map_err(&e)?;
         tx.commit().map_err(&e)
@@ -318,24 +349,27 @@ mod tests {
             ctime: t(2),
             chunks: vec![ChunkId([3; 32])],
             extents: vec![(0, 4), (8, 2)],
-            verified: true,
+            verified_in: Some(7),
         };
         let unverified = Cached {
-            verified: false,
+            verified_in: None,
             ..c.clone()
         };
         let mut cache = FileCache::open(&p).unwrap();
-        assert_eq!(cache.generation, None);
         cache
             .record(
-                &[((1, 2), c.clone()), ((1, 5), unverified.clone())],
-                &[(ChunkId([4; 32]), vec![1, 2, 3])],
+                b"/home/a",
                 7,
+                &[((1, 2), c.clone()), ((1, 5), unverified.clone())],
+                &[TreeId([9; 32])],
+                &[(ChunkId([4; 32]), vec![1, 2, 3])],
             )
             .unwrap();
         drop(cache);
         let cache = FileCache::open(&p).unwrap();
-        assert_eq!(cache.generation, Some(7));
+        assert!(cache.known_trees(b"/home/a", 7).contains(&TreeId([9; 32])));
+        assert!(cache.known_trees(b"/home/a", 8).is_empty());
+        assert!(cache.known_trees(b"/home/b", 7).is_empty());
         assert_eq!(cache.signatures.get(&ChunkId([4; 32])), Some(vec![1, 2, 3]));
         assert_eq!(cache.signatures.get(&ChunkId([5; 32])), None);
         assert_eq!(cache.known.lookup(1, 5, 10, t(1), t(2)), None);

@@ -632,8 +632,18 @@ impl Repository for RemoteRepository {
     }
 
     /// Waits for the answer (unlike whole chunks): a refused delta is
-    /// followed by the chunk itself, so the caller must know.
-    fn put_delta(&self, id: BlobId, base: BlobId, delta: &[u8]) -> Result<bool, StoreError> {
+    /// followed by the blob itself, so the caller must know. A tree waits
+    /// for the chunk uploads first, as in `put_blob`.
+    fn put_delta(
+        &self,
+        id: BlobId,
+        kind: BlobKind,
+        base: BlobId,
+        delta: &[u8],
+    ) -> Result<bool, StoreError> {
+        if kind == BlobKind::Tree {
+            self.drain()?;
+        }
         self.upload_error()?;
         if self
             .inflight
@@ -648,6 +658,7 @@ impl Repository for RemoteRepository {
         self.deltas.fetch_add(1, Relaxed);
         let req = Request::PutDelta {
             id,
+            kind: kind as u8,
             base,
             delta: delta.to_vec(),
         };

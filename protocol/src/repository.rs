@@ -127,7 +127,7 @@ pub trait Repository: Send + Sync {
     /// generation it learnt it in.
     fn generation(&self) -> Result<u64, StoreError>;
 
-    /// Whether sending a chunk as a delta ([`Repository::put_delta`]) saves
+    /// Whether sending a blob as a delta ([`Repository::put_delta`]) saves
     /// anything: over a network it does; to an embedded store it would only
     /// spend CPU.
     fn prefers_deltas(&self) -> bool {
@@ -138,11 +138,18 @@ pub trait Repository: Send + Sync {
     /// `None` for a chunk the store lacks.
     fn signatures(&self, ids: &[BlobId]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
 
-    /// Stores chunk `id` given as a delta against chunk `base`, which the
-    /// store holds: the result is rebuilt, checked to hash to `id`, and
-    /// stored whole. Refused when it does not (then send the chunk whole).
-    /// Returns false when the store already had `id`.
-    fn put_delta(&self, id: BlobId, base: BlobId, delta: &[u8]) -> Result<bool, StoreError>;
+    /// Stores blob `id` of `kind` (a chunk or a tree) given as a delta
+    /// against `base`, a blob of the same kind the store holds: the result
+    /// is rebuilt, checked to hash to `id`, and stored whole, exactly as
+    /// [`Repository::put_blob`] would. Refused when it does not hash to
+    /// `id` (then send the blob whole). False when the store had `id`.
+    fn put_delta(
+        &self,
+        id: BlobId,
+        kind: BlobKind,
+        base: BlobId,
+        delta: &[u8],
+    ) -> Result<bool, StoreError>;
 
     /// Bytes moved so far, for a store across a network.
     fn transfer(&self) -> Option<Transfer> {

@@ -77,10 +77,12 @@ pub enum Request {
     Generation,
     /// Delta signatures of these chunks (see [`crate::delta`]).
     Signatures { ids: Vec<BlobId> },
-    /// Chunk `id` as a delta against chunk `base`; the server rebuilds it,
-    /// checks its hash and stores it whole. Answered like `Put`.
+    /// Blob `id` of `kind` (chunk or tree) as a delta against `base`, of
+    /// the same kind; the server rebuilds it, checks its hash and stores it
+    /// whole. Answered like `Put`.
     PutDelta {
         id: BlobId,
+        kind: u8,
         base: BlobId,
         #[serde(with = "serde_bytes")]
         delta: Vec<u8>,
@@ -373,6 +375,7 @@ mod tests {
             },
             Request::PutDelta {
                 id: BlobId([9; 32]),
+                kind: 1,
                 base: BlobId([10; 32]),
                 delta: vec![0, 1, 2],
             },

@@ -505,12 +505,21 @@ impl Service {
                         Response::PutBatch { stored }
                     })
             }
-            Request::PutDelta { id, base, delta } => {
+            Request::PutDelta {
+                id,
+                kind,
+                base,
+                delta,
+            } => {
                 if !p.can_upload_blobs() {
                     return Response::error(ErrorCode::Forbidden, "this credential cannot upload");
                 }
+                let kind = match kind_of(kind) {
+                    Ok(k) => k,
+                    Err(r) => return r,
+                };
                 count(&counters.delta_bytes, delta.len());
-                let r = self.store.put_delta(id, base, &delta);
+                let r = self.store.put_delta(id, kind, base, &delta);
                 match &r {
                     Ok(true) => count(&counters.deltas_stored, 1),
                     Ok(false) => {}

@@ -16,8 +16,8 @@ use crate::index::Index;
 use crate::pack::{PackEntry, PackWriter};
 use homesync_protocol::blob::{self, Blob};
 use homesync_protocol::{
-    BlobEncoder, BlobId, BlobKind, ChunkId, ChunkerParams, Repository, Snapshot, SnapshotId,
-    StoreConfig, StoreError, Tree, delta,
+    BlobEncoder, BlobId, BlobKind, ChunkerParams, Repository, Snapshot, SnapshotId, StoreConfig,
+    StoreError, Tree, delta,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -507,24 +507,35 @@ impl Repository for Store {
             .collect()
     }
 
-    fn put_delta(&self, id: BlobId, base: BlobId, payload: &[u8]) -> Result<bool, StoreError> {
-        if self.has_blobs(&[id])?[0] {
-            return Ok(false);
-        }
-        let base_plain = self.get_blob(base, BlobKind::Chunk)?;
+    fn put_delta(
+        &self,
+        id: BlobId,
+        kind: BlobKind,
+        base: BlobId,
+        payload: &[u8],
+    ) -> Result<bool, StoreError> {
         let refused = |why: String| {
-            StoreError::Refused(format!("delta for chunk {id} against {base}: {why}"))
+            StoreError::Refused(format!("delta for {kind:?} {id} against {base}: {why}"))
         };
         // No chunk is larger than the chunker's maximum: neither may a
         // delta's result be.
-        let plain = delta::apply(&base_plain, payload, self.config.chunker.max as usize)
-            .map_err(|e| refused(e.to_string()))?;
-        // fast_rsync's checksums only chose blocks; BLAKE3 decides.
-        if BlobId::from(ChunkId::of(&plain)) != id {
-            return Err(refused("the result does not hash to the chunk's id".into()));
+        let limit = match kind {
+            BlobKind::Chunk => self.config.chunker.max as usize,
+            BlobKind::Tree => blob::MAX_PLAIN_LEN,
+            BlobKind::Snapshot => return Err(refused("snapshots are sent with Commit".into())),
+        };
+        if self.has_blobs(&[id])?[0] {
+            return Ok(false);
         }
-        let blob = BlobEncoder::new(self.config.zstd_level).encode(BlobKind::Chunk, &plain);
-        self.put_blob(id, BlobKind::Chunk, &blob)
+        let base_plain = self.get_blob(base, kind)?;
+        let plain =
+            delta::apply(&base_plain, payload, limit).map_err(|e| refused(e.to_string()))?;
+        // fast_rsync's checksums only chose blocks; BLAKE3 decides.
+        if BlobId::of_kind(kind, &plain) != id {
+            return Err(refused("the result does not hash to the blob's id".into()));
+        }
+        let blob = BlobEncoder::new(self.config.zstd_level).encode(kind, &plain);
+        self.put_blob(id, kind, &blob)
     }
 }
 
