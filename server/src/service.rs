@@ -527,6 +527,14 @@ impl Service {
                 }
                 r.map(|stored| Response::Put { stored })
             }
+            // Only an uploader needs delta bases; a signature says more about
+            // a chunk than `Has` does, so restore sessions get none.
+            Request::Signatures { .. } if !p.can_upload_blobs() => {
+                return Response::error(
+                    ErrorCode::Forbidden,
+                    "this credential cannot upload, so it needs no signatures",
+                );
+            }
             Request::Signatures { ids } => {
                 self.store
                     .signatures(&ids)
