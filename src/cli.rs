@@ -65,6 +65,13 @@ pub enum Command {
         #[arg(long)]
         machine: Option<String>,
     },
+    /// Reclaim the space of blobs no snapshot references (on the store at
+    /// --repo; safe while backups run)
+    Gc {
+        /// Rewrite packs with less than this share of live bytes (0 to 1)
+        #[arg(long, default_value_t = homesync_server::gc::REWRITE_BELOW)]
+        rewrite_below: f64,
+    },
     /// Run the server: the store behind QUIC for a fleet of machines
     Serve(ServeArgs),
     /// Manage machines and credentials of the store at --repo (on the server)

@@ -261,6 +261,15 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
                     vec![s.dir().to_path_buf()],
                 ),
             };
+            // Garbage collection must not delete what this backup is told
+            // the store has before the snapshot is committed.
+            let _session = match &repo {
+                Repo::Local(s) => Some(
+                    s.begin_session(&format!("local backup by pid {}", std::process::id()))
+                        .context("registering the backup with the store")?,
+                ),
+                Repo::Remote(_) => None,
+            };
             let mut code = exit::OK;
             for path in paths {
                 let opts = BackupOptions {
@@ -356,6 +365,25 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
                 repo.dyn_repo().forget_snapshot(id)?;
                 out.note(&format!("forgot snapshot {id}"));
             }
+            Ok(exit::OK)
+        }
+        Command::Gc { rewrite_below } => {
+            if !(0.0..=1.0).contains(rewrite_below) {
+                return Err(ClientError::Usage(format!(
+                    "--rewrite-below {rewrite_below}: give a share between 0 and 1"
+                ))
+                .into());
+            }
+            let Repo::Local(store) = open_repo(cli, true, &out)? else {
+                return Err(ClientError::Usage(
+                    "garbage collection runs on the server's store: `homesync --repo STORE gc` on the server".into(),
+                )
+                .into());
+            };
+            let report = store.gc(&homesync_server::gc::GcOptions {
+                rewrite_below: *rewrite_below,
+            })?;
+            out.gc(&report);
             Ok(exit::OK)
         }
         Command::Serve(a) => serve::run(cli, a, &out),

@@ -204,6 +204,37 @@ impl Out {
         }
     }
 
+    pub fn gc(&self, r: &homesync_server::gc::GcReport) {
+        if self.json {
+            self.line(json!({
+                "message_type": "gc",
+                "generation": r.generation, "snapshots": r.snapshots, "reachable": r.reachable,
+                "condemned": r.condemned, "revived": r.revived,
+                "blobs_deleted": r.swept.blobs, "blob_bytes_deleted": r.swept.bytes,
+                "deferred": r.swept.deferred,
+                "packs_deleted": r.packs_deleted, "packs_rewritten": r.packs_rewritten,
+                "bytes_reclaimed": r.bytes_reclaimed, "orphans_deleted": r.orphans_deleted,
+            }));
+        } else {
+            println!(
+                "garbage collection: {} snapshots reference {} blobs; {} blobs ({}) deleted, {} condemned{}; {} packs deleted, {} rewritten; {} reclaimed",
+                r.snapshots,
+                r.reachable,
+                r.swept.blobs,
+                mib(r.swept.bytes),
+                r.condemned,
+                if r.swept.deferred > 0 {
+                    format!(" ({} wait for older backups to finish)", r.swept.deferred)
+                } else {
+                    String::new()
+                },
+                r.packs_deleted,
+                r.packs_rewritten,
+                mib(r.bytes_reclaimed)
+            );
+        }
+    }
+
     /// A server session ended: what the server counted.
     pub fn session(&self, r: &homesync_server::service::SessionReport) {
         if self.json {

@@ -17,6 +17,8 @@ pub trait PackBackend: Send + Sync {
     fn read(&self, name: &str) -> Result<Vec<u8>, StoreError>;
     /// Names of all packs.
     fn list(&self) -> Result<Vec<String>, StoreError>;
+    /// Removes a pack (garbage collection); a pack already gone is no error.
+    fn delete(&self, name: &str) -> Result<(), StoreError>;
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -115,5 +117,15 @@ impl PackBackend for LocalDir {
         }
         out.sort();
         Ok(out)
+    }
+
+    fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let path = self.path(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io(format!("deleting pack {}", path.display()))(e))
+            }
+            _ => Ok(()),
+        }
     }
 }

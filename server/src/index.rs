@@ -6,11 +6,12 @@
 
 use homesync_protocol::{BlobId, BlobKind, Snapshot, SnapshotId, StoreError};
 use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashSet;
 use std::path::Path;
 
 use crate::pack::PackEntry;
 
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE packs(
@@ -36,6 +37,22 @@ CREATE TABLE meta(
     key TEXT PRIMARY KEY NOT NULL,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE sessions(
+    id INTEGER PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL,
+    what TEXT NOT NULL
+);
+CREATE TABLE condemned(
+    id BLOB PRIMARY KEY NOT NULL,
+    generation INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE pack_claims(
+    name TEXT PRIMARY KEY NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Version 1 had no `meta` table (generation 0 throughout).
@@ -43,6 +60,27 @@ const MIGRATE_1_TO_2: &str = "
 CREATE TABLE meta(
     key TEXT PRIMARY KEY NOT NULL,
     value INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Version 3 added garbage collection's bookkeeping: open sessions and
+/// condemned blobs.
+const MIGRATE_2_TO_3: &str = "
+CREATE TABLE sessions(
+    id INTEGER PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL,
+    what TEXT NOT NULL
+);
+CREATE TABLE condemned(
+    id BLOB PRIMARY KEY NOT NULL,
+    generation INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE pack_claims(
+    name TEXT PRIMARY KEY NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -64,6 +102,15 @@ pub struct Index {
 }
 
 impl Index {
+    /// A write transaction that takes the write lock at once: a deferred
+    /// one that read first fails with "database is locked", without
+    /// waiting, when another process wrote meanwhile.
+    fn write_tx(&mut self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        self.conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)
+    }
+
     /// Opens (creating if `create`) the index at `path`. A store this user
     /// may not write (read-only media, another user's store) opens read-only:
     /// listing and restoring work, backing up fails when it first writes.
@@ -117,9 +164,14 @@ impl Index {
                 .map_err(sql)?;
             }
             SCHEMA_VERSION => {}
-            1 => {
+            1 | 2 => {
+                let steps = if version == 1 {
+                    format!("{MIGRATE_1_TO_2} {MIGRATE_2_TO_3}")
+                } else {
+                    MIGRATE_2_TO_3.to_string()
+                };
                 conn.execute_batch(&format!(
-                    "BEGIN IMMEDIATE; {MIGRATE_1_TO_2} PRAGMA user_version = 2; COMMIT;"
+                    "BEGIN IMMEDIATE; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .or_else(|e| {
                     if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly) {
@@ -127,7 +179,7 @@ impl Index {
                         return Ok(());
                     }
                     Err(StoreError::Index(format!(
-                        "{}: upgrading the index from version 1: {e}",
+                        "{}: upgrading the index from version {version}: {e}",
                         path.display()
                     )))
                 })?;
@@ -172,9 +224,15 @@ impl Index {
             .map_err(sql)
     }
 
+    /// Whether the store holds `id` for writers: a condemned blob (see
+    /// [`crate::gc`]) is still readable but counts as absent, so nothing
+    /// new comes to depend on it.
     pub fn has(&self, id: &BlobId) -> Result<bool, StoreError> {
         self.conn
-            .prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")
+            .prepare_cached(
+                "SELECT 1 FROM blobs WHERE id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM condemned WHERE id = ?1)",
+            )
             .and_then(|mut s| s.exists([&id.0[..]]))
             .map_err(sql)
     }
@@ -212,7 +270,7 @@ impl Index {
         size: u64,
         entries: &[PackEntry],
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(sql)?;
+        let tx = self.write_tx()?;
         tx.execute(
             "INSERT OR IGNORE INTO packs(name, size) VALUES (?1, ?2)",
             params![name, size as i64],
@@ -221,11 +279,22 @@ impl Index {
         let pack: i64 = tx
             .query_row("SELECT id FROM packs WHERE name = ?1", [name], |r| r.get(0))
             .map_err(sql)?;
+        tx.execute("DELETE FROM pack_claims WHERE name = ?1", [name])
+            .map_err(sql)?;
         {
-            let mut st = tx
+            // A condemned blob uploaded again lives on in its new copy.
+            let mut revive = tx
+                .prepare_cached("DELETE FROM condemned WHERE id = ?1")
+                .map_err(sql)?;
+            let mut keep = tx
                 .prepare_cached("INSERT OR IGNORE INTO blobs(id, kind, pack, offset, length) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .map_err(sql)?;
+            let mut replace = tx
+                .prepare_cached("INSERT OR REPLACE INTO blobs(id, kind, pack, offset, length) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(sql)?;
             for e in entries {
+                let revived = revive.execute([&e.id.0[..]]).map_err(sql)? > 0;
+                let st = if revived { &mut replace } else { &mut keep };
                 st.execute(params![
                     &e.id.0[..],
                     e.kind as u8,
@@ -247,10 +316,7 @@ impl Index {
         snapshot: &Snapshot,
         encoded: &[u8],
     ) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(sql)?;
+        let tx = self.write_tx()?;
         for (what, blob) in [
             ("root tree", BlobId::from(snapshot.root_tree())),
             ("snapshot blob", BlobId::from(*id)),
@@ -316,6 +382,404 @@ impl Index {
         }
         Ok(out)
     }
+}
+
+/// A process that may be writing to the store, and the store generation
+/// it began in (see [`crate::gc`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub id: i64,
+    pub generation: u64,
+    pub pid: u32,
+    /// The process's start time in clock ticks after boot (`/proc/PID/stat`
+    /// field 22): with the pid, it tells a live process from a reused pid.
+    pub pid_start: u64,
+    pub what: String,
+}
+
+/// Bytes in a pack that index rows still point to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackUsage {
+    pub name: String,
+    pub size: u64,
+    pub blobs: u64,
+    pub live_bytes: u64,
+}
+
+/// What one sweep removed from the index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub blobs: u64,
+    pub bytes: u64,
+    /// Condemned blobs that must wait for older sessions to end.
+    pub deferred: u64,
+}
+
+/// Garbage collection's bookkeeping. Every decision that makes deleting
+/// safe is taken inside one transaction here, so two processes sharing a
+/// store see each other's sessions and condemnations.
+impl Index {
+    /// Registers a writer; returns its row id and the generation it began in.
+    pub fn begin_session(
+        &mut self,
+        pid: u32,
+        pid_start: u64,
+        what: &str,
+    ) -> Result<(i64, u64), StoreError> {
+        let tx = self.write_tx()?;
+        let generation: i64 = tx
+            .query_row(
+                "SELECT COALESCE((SELECT value FROM meta WHERE key = 'generation'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        tx.execute(
+            "INSERT INTO sessions(generation, pid, pid_start, what) VALUES (?1, ?2, ?3, ?4)",
+            params![generation, pid, pid_start as i64, what],
+        )
+        .map_err(sql)?;
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(sql)?;
+        Ok((id, generation as u64))
+    }
+
+    pub fn end_session(&mut self, id: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM sessions WHERE id = ?1", [id])
+            .map(drop)
+            .map_err(sql)
+    }
+
+    pub fn sessions(&self) -> Result<Vec<SessionRow>, StoreError> {
+        sessions(&self.conn)
+    }
+
+    /// Every snapshot, refusing (not skipping) a damaged row: a collector
+    /// that missed a snapshot would delete what it references.
+    pub fn snapshots_strict(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, data FROM snapshots")
+            .map_err(sql)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(sql)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, data) = row.map_err(sql)?;
+            let id = SnapshotId::from_slice(&id)
+                .filter(|id| SnapshotId::of(&data) == *id)
+                .ok_or_else(|| StoreError::Index("a snapshot row is damaged".into()))?;
+            let snap = Snapshot::decode(&data)
+                .map_err(|e| StoreError::Index(format!("snapshot {id}: {e}")))?;
+            out.push((id, snap));
+        }
+        Ok(out)
+    }
+
+    /// Moves to a new generation, revives condemned blobs in `reachable`
+    /// and condemns every other blob in it. Returns the new generation and
+    /// how many blobs were condemned and revived.
+    pub fn condemn(&mut self, reachable: &HashSet<BlobId>) -> Result<(u64, u64, u64), StoreError> {
+        let tx = self.write_tx()?;
+        let generation: i64 = tx
+            .query_row(
+                "INSERT INTO meta(key, value) VALUES ('generation', 1)
+                 ON CONFLICT(key) DO UPDATE SET value = value + 1 RETURNING value",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        let ids = |q: &str| -> Result<Vec<BlobId>, StoreError> {
+            let mut st = tx.prepare(q).map_err(sql)?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(sql)?;
+            rows.map(|r| {
+                let v = r.map_err(sql)?;
+                BlobId::from_slice(&v).ok_or_else(|| StoreError::Index("malformed blob id".into()))
+            })
+            .collect()
+        };
+        let condemned = ids("SELECT id FROM condemned")?;
+        let live = ids("SELECT id FROM blobs WHERE id NOT IN (SELECT id FROM condemned)")?;
+        let (mut revived, mut added) = (0, 0);
+        {
+            let mut revive = tx
+                .prepare("DELETE FROM condemned WHERE id = ?1")
+                .map_err(sql)?;
+            for id in condemned.iter().filter(|id| reachable.contains(id)) {
+                revived += revive.execute([&id.0[..]]).map_err(sql)? as u64;
+            }
+            let mut condemn = tx
+                .prepare("INSERT OR IGNORE INTO condemned(id, generation) VALUES (?1, ?2)")
+                .map_err(sql)?;
+            for id in live.iter().filter(|id| !reachable.contains(id)) {
+                added += condemn
+                    .execute(params![&id.0[..], generation])
+                    .map_err(sql)? as u64;
+            }
+        }
+        tx.commit().map_err(sql)?;
+        Ok((generation as u64, added, revived))
+    }
+
+    /// Takes condemned blobs back (they turned out to be referenced).
+    pub fn revive(&mut self, ids: &[BlobId]) -> Result<u64, StoreError> {
+        let tx = self.write_tx()?;
+        let mut n = 0;
+        {
+            let mut st = tx
+                .prepare("DELETE FROM condemned WHERE id = ?1")
+                .map_err(sql)?;
+            for id in ids {
+                n += st.execute([&id.0[..]]).map_err(sql)? as u64;
+            }
+        }
+        tx.commit().map_err(sql)?;
+        Ok(n)
+    }
+
+    /// The snapshot ids, to notice commits made while marking.
+    pub fn snapshot_ids(&self) -> Result<HashSet<SnapshotId>, StoreError> {
+        let mut st = self.conn.prepare("SELECT id FROM snapshots").map_err(sql)?;
+        let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(sql)?;
+        rows.map(|r| {
+            SnapshotId::from_slice(&r.map_err(sql)?)
+                .ok_or_else(|| StoreError::Index("malformed snapshot id".into()))
+        })
+        .collect()
+    }
+
+    /// Deletes the index rows of condemned blobs no open session can still
+    /// refer to: those condemned in a generation no later than the one the
+    /// oldest live session began in (all of them when none is open).
+    /// Sessions of dead processes (`alive` says which) are dropped first.
+    /// Returns `None`, deleting nothing, if the snapshots are no longer
+    /// `expected`: something was committed since the caller marked.
+    pub fn sweep(
+        &mut self,
+        expected: &HashSet<SnapshotId>,
+        alive: &dyn Fn(&SessionRow) -> bool,
+    ) -> Result<Option<Swept>, StoreError> {
+        let tx = self.write_tx()?;
+        let now: HashSet<SnapshotId> = {
+            let mut st = tx.prepare("SELECT id FROM snapshots").map_err(sql)?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(sql)?;
+            rows.filter_map(|r| r.ok().and_then(|v| SnapshotId::from_slice(&v)))
+                .collect()
+        };
+        if &now != expected {
+            return Ok(None);
+        }
+        let mut oldest = i64::MAX;
+        for s in sessions(&tx)? {
+            if alive(&s) {
+                oldest = oldest.min(s.generation as i64);
+            } else {
+                tracing::info!(
+                    "dropping the session of dead process {} ({})",
+                    s.pid,
+                    s.what
+                );
+                tx.execute("DELETE FROM sessions WHERE id = ?1", [s.id])
+                    .map_err(sql)?;
+            }
+        }
+        let (blobs, bytes): (i64, i64) = tx
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(b.length), 0) FROM blobs b JOIN condemned c ON c.id = b.id
+                 WHERE c.generation <= ?1",
+                [oldest],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(sql)?;
+        tx.execute(
+            "DELETE FROM blobs WHERE id IN (SELECT id FROM condemned WHERE generation <= ?1)",
+            [oldest],
+        )
+        .map_err(sql)?;
+        tx.execute("DELETE FROM condemned WHERE generation <= ?1", [oldest])
+            .map_err(sql)?;
+        let deferred: i64 = tx
+            .query_row("SELECT COUNT(*) FROM condemned", [], |r| r.get(0))
+            .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(Some(Swept {
+            blobs: blobs as u64,
+            bytes: bytes as u64,
+            deferred: deferred as u64,
+        }))
+    }
+
+    /// Every pack with the bytes index rows still point to.
+    pub fn pack_usage(&self) -> Result<Vec<PackUsage>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT p.name, p.size, COUNT(b.id), COALESCE(SUM(b.length), 0)
+                 FROM packs p LEFT JOIN blobs b ON b.pack = p.id GROUP BY p.id ORDER BY p.name",
+            )
+            .map_err(sql)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(PackUsage {
+                    name: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    blobs: r.get::<_, i64>(2)? as u64,
+                    live_bytes: r.get::<_, i64>(3)? as u64,
+                })
+            })
+            .map_err(sql)?;
+        rows.collect::<Result<_, _>>().map_err(sql)
+    }
+
+    /// The blobs whose rows point into pack `name`.
+    pub fn blobs_in_pack(&self, name: &str) -> Result<HashSet<BlobId>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT b.id FROM blobs b JOIN packs p ON p.id = b.pack WHERE p.name = ?1")
+            .map_err(sql)?;
+        let rows = st
+            .query_map([name], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(sql)?;
+        rows.map(|r| {
+            BlobId::from_slice(&r.map_err(sql)?)
+                .ok_or_else(|| StoreError::Index("malformed blob id".into()))
+        })
+        .collect()
+    }
+
+    /// Points the rows of `entries` that are still in pack `old` at their
+    /// copies in the new, durable pack `new`, in one transaction.
+    pub fn relocate(
+        &mut self,
+        old: &str,
+        new: &str,
+        size: u64,
+        entries: &[PackEntry],
+    ) -> Result<(), StoreError> {
+        let tx = self.write_tx()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO packs(name, size) VALUES (?1, ?2)",
+            params![new, size as i64],
+        )
+        .map_err(sql)?;
+        tx.execute("DELETE FROM pack_claims WHERE name = ?1", [new])
+            .map_err(sql)?;
+        {
+            let mut st = tx
+                .prepare(
+                    "UPDATE blobs SET pack = (SELECT id FROM packs WHERE name = ?1), offset = ?2, length = ?3
+                     WHERE id = ?4 AND pack = (SELECT id FROM packs WHERE name = ?5)",
+                )
+                .map_err(sql)?;
+            for e in entries {
+                st.execute(params![
+                    new,
+                    e.offset as i64,
+                    e.length as i64,
+                    &e.id.0[..],
+                    old
+                ])
+                .map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Drops the row of pack `name` if no blob row points into it any more;
+    /// true if it did (the file may then be deleted).
+    pub fn remove_pack_if_empty(&mut self, name: &str) -> Result<bool, StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM packs WHERE name = ?1
+                 AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.pack = packs.id)",
+                [name],
+            )
+            .map(|n| n > 0)
+            .map_err(sql)
+    }
+
+    pub fn pack_names(&self) -> Result<HashSet<String>, StoreError> {
+        let mut st = self.conn.prepare("SELECT name FROM packs").map_err(sql)?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(sql)?;
+        rows.collect::<Result<_, _>>().map_err(sql)
+    }
+
+    /// Claims the name of a pack about to be written: until it is indexed
+    /// (which drops the claim), garbage collection leaves the file alone
+    /// while process `pid` lives.
+    pub fn claim_pack(&mut self, name: &str, pid: u32, pid_start: u64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO pack_claims(name, pid, pid_start) VALUES (?1, ?2, ?3)",
+                params![name, pid, pid_start as i64],
+            )
+            .map(drop)
+            .map_err(sql)
+    }
+
+    /// Of the pack files `on_disk` (listed *before* this call), those no
+    /// index row knows and no live process claims: left by a crash between
+    /// writing and indexing. Claims of dead processes are dropped.
+    pub fn orphans(
+        &mut self,
+        on_disk: &HashSet<String>,
+        alive: &dyn Fn(u32, u64) -> bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let tx = self.write_tx()?;
+        let known: HashSet<String> = {
+            let mut st = tx.prepare("SELECT name FROM packs").map_err(sql)?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(sql)?;
+            rows.collect::<Result<_, _>>().map_err(sql)?
+        };
+        let claims: Vec<(String, u32, u64)> = {
+            let mut st = tx
+                .prepare("SELECT name, pid, pid_start FROM pack_claims")
+                .map_err(sql)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+                })
+                .map_err(sql)?;
+            rows.collect::<Result<_, _>>().map_err(sql)?
+        };
+        let mut claimed = HashSet::new();
+        for (name, pid, start) in claims {
+            if alive(pid, start) {
+                claimed.insert(name);
+            } else {
+                tx.execute("DELETE FROM pack_claims WHERE name = ?1", [&name])
+                    .map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)?;
+        Ok(on_disk
+            .iter()
+            .filter(|n| !known.contains(*n) && !claimed.contains(*n))
+            .cloned()
+            .collect())
+    }
+}
+
+fn sessions(conn: &Connection) -> Result<Vec<SessionRow>, StoreError> {
+    let mut st = conn
+        .prepare("SELECT id, generation, pid, pid_start, what FROM sessions")
+        .map_err(sql)?;
+    let rows = st
+        .query_map([], |r| {
+            Ok(SessionRow {
+                id: r.get(0)?,
+                generation: r.get::<_, i64>(1)? as u64,
+                pid: r.get(2)?,
+                pid_start: r.get::<_, i64>(3)? as u64,
+                what: r.get(4)?,
+            })
+        })
+        .map_err(sql)?;
+    rows.collect::<Result<_, _>>().map_err(sql)
 }
 
 #[cfg(test)]

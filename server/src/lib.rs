@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod gc;
 pub mod index;
 pub mod pack;
 pub mod serve_config;

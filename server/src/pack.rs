@@ -5,17 +5,23 @@
 //! header   "HSPK" version(1) 0 0 0                       8 bytes
 //! blobs    each a complete blob (see homesync_protocol::blob)
 //! trailer  per blob: id[32] kind u8 offset u64 length u32  45 bytes each
-//! footer   count u32, "HSPT"                             8 bytes
+//! footer   nonce[16] count u32, "HSPT"                   24 bytes
 //! ```
 //! All integers little-endian. A pack's name is the BLAKE3 hex of its bytes:
 //! packs are immutable and content-named, so they can live on object storage.
+//! The random nonce (version 2) makes every pack's name unique: otherwise a
+//! pack of the same blobs written again (the same trees uploaded after
+//! garbage collection removed them) would get the name of a pack being
+//! deleted, and the deletion could take the new file with it. Version 1
+//! packs (no nonce, 8-byte footer) are still read.
 
 use homesync_protocol::{BlobId, BlobKind};
 
 pub const MAGIC: &[u8; 4] = b"HSPK";
 pub const FOOTER_MAGIC: &[u8; 4] = b"HSPT";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 8;
+const NONCE_LEN: usize = 16;
 const ENTRY_LEN: usize = 45;
 
 /// Where one blob sits in a pack.
@@ -103,13 +109,19 @@ impl PackWriter {
 
     /// Appends trailer and footer; returns the pack's name, bytes and entries.
     pub fn finish(mut self) -> (String, Vec<u8>, Vec<PackEntry>) {
-        self.bytes.reserve_exact(self.entries.len() * ENTRY_LEN + 8);
+        self.bytes
+            .reserve_exact(self.entries.len() * ENTRY_LEN + NONCE_LEN + 8);
         for e in &self.entries {
             self.bytes.extend_from_slice(&e.id.0);
             self.bytes.push(e.kind as u8);
             self.bytes.extend_from_slice(&e.offset.to_le_bytes());
             self.bytes.extend_from_slice(&e.length.to_le_bytes());
         }
+        let mut nonce = [0u8; NONCE_LEN];
+        // Without randomness the name is merely content-derived, as in
+        // version 1: still correct, only open to the rare race above.
+        let _ = getrandom::fill(&mut nonce);
+        self.bytes.extend_from_slice(&nonce);
         self.bytes
             .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         self.bytes.extend_from_slice(FOOTER_MAGIC);
@@ -127,17 +139,22 @@ pub fn read_entries(pack: &[u8]) -> Result<Vec<PackEntry>, PackError> {
     if &pack[..4] != MAGIC || &pack[pack.len() - 4..] != FOOTER_MAGIC {
         return Err(PackError::BadMagic);
     }
-    if pack[4] != VERSION {
-        return Err(PackError::Version(pack[4]));
+    let footer = match pack[4] {
+        1 => 8,
+        2 => NONCE_LEN + 8,
+        v => return Err(PackError::Version(v)),
+    };
+    if pack.len() < HEADER_LEN + footer {
+        return Err(PackError::Truncated(pack.len()));
     }
     let count =
         u32::from_le_bytes(pack[pack.len() - 8..pack.len() - 4].try_into().expect("4")) as usize;
     let trailer_len = count
         .checked_mul(ENTRY_LEN)
-        .filter(|&l| l + HEADER_LEN + 8 <= pack.len())
+        .filter(|&l| l + HEADER_LEN + footer <= pack.len())
         .ok_or(PackError::BadTrailer("entry count larger than the pack"))?;
-    let data_end = pack.len() - 8 - trailer_len;
-    let trailer = &pack[data_end..pack.len() - 8];
+    let data_end = pack.len() - footer - trailer_len;
+    let trailer = &pack[data_end..pack.len() - footer];
     let mut out = Vec::with_capacity(count);
     for e in trailer.chunks_exact(ENTRY_LEN) {
         let id = BlobId(e[..32].try_into().expect("32"));
@@ -172,6 +189,24 @@ mod tests {
         assert_eq!(read, entries);
         assert_eq!(read[0].offset, a);
         assert_eq!(&bytes[b as usize..b as usize + 6], b"world!");
+    }
+
+    #[test]
+    fn the_same_blobs_make_packs_of_different_names() {
+        let pack = || {
+            let mut w = PackWriter::new();
+            w.add(BlobId([1; 32]), BlobKind::Tree, b"same");
+            w.finish()
+        };
+        let (a, b) = (pack(), pack());
+        assert_ne!(a.0, b.0);
+        assert_eq!(read_entries(&a.1).unwrap(), read_entries(&b.1).unwrap());
+        // A version 1 pack: no nonce.
+        let mut v1 = a.1.clone();
+        v1[4] = 1;
+        let footer = v1.split_off(v1.len() - 24);
+        v1.extend_from_slice(&footer[16..]);
+        assert_eq!(read_entries(&v1).unwrap(), a.2);
     }
 
     #[test]

@@ -157,6 +157,10 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 struct Authed {
     principal: Principal,
     credential: Option<String>,
+    /// An uploader's registration as a writer session: garbage collection
+    /// keeps what the session may rely on until the connection ends (all
+    /// clones dropped with the connection's session state).
+    _writer: Option<Arc<crate::gc::SessionGuard>>,
 }
 
 /// What one session moved, reported when its connection ends: the
@@ -399,12 +403,23 @@ impl Service {
                     unreachable!("admit returns None only for Hello")
                 };
                 let auth = self.auth.clone();
+                let store = self.store.clone();
                 let presented = credential.clone();
-                return match tokio::task::spawn_blocking(move || auth.authenticate(&presented))
-                    .await
-                    .expect("auth task")
-                {
-                    Ok(p) => {
+                let what = format!("connection from {peer}");
+                let authed = tokio::task::spawn_blocking(move || {
+                    let p = auth.authenticate(&presented)?;
+                    let writer = match p.can_upload_blobs() {
+                        true => Some(Arc::new(
+                            store.begin_session(&format!("{} ({what})", p.machine))?,
+                        )),
+                        false => None,
+                    };
+                    Ok::<_, StoreError>((p, writer))
+                })
+                .await
+                .expect("auth task");
+                return match authed {
+                    Ok((p, writer)) => {
                         tracing::info!("{peer}: session of {} ({})", p.machine, p.role.as_str());
                         let c = self.store.config();
                         let welcome = Response::Welcome {
@@ -421,6 +436,7 @@ impl Service {
                         s.established(Authed {
                             principal: p,
                             credential,
+                            _writer: writer,
                         });
                         welcome
                     }

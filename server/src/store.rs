@@ -98,9 +98,11 @@ struct Job {
 }
 
 /// What the store's callers and its writer thread share.
-struct Shared {
-    backend: Box<dyn PackBackend>,
-    index: Mutex<Index>,
+pub(crate) struct Shared {
+    pub(crate) backend: Box<dyn PackBackend>,
+    pub(crate) index: Mutex<Index>,
+    /// This process (pid, start time): claims on packs being written.
+    pub(crate) me: (u32, u64),
     state: Mutex<WriteState>,
     /// Signalled (with `state`) whenever a sealed pack has been written.
     written: std::sync::Condvar,
@@ -110,11 +112,11 @@ pub struct Store {
     dir: PathBuf,
     config: StoreConfig,
     options: OpenOptions,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     writer: Mutex<Option<(SyncSender<Job>, std::thread::JoinHandle<()>)>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere must not make the store unusable for error reporting.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -142,10 +144,16 @@ impl Shared {
             entries,
         }: Job,
     ) {
-        let result = self
-            .backend
-            .put(&name, &bytes)
-            .and_then(|()| lock(&self.index).add_pack(&name, bytes.len() as u64, &entries));
+        // Claimed first, so garbage collection (in any process) never
+        // takes the file for an orphan between its rename and its rows.
+        // (Separate statements: a lock guard in a chain lives to its end.)
+        let claimed = lock(&self.index).claim_pack(&name, self.me.0, self.me.1);
+        let result = claimed
+            .and_then(|()| self.backend.put(&name, &bytes))
+            .and_then(|()| {
+                let mut index = lock(&self.index);
+                index.add_pack(&name, bytes.len() as u64, &entries)
+            });
         let mut st = lock(&self.state);
         for e in &entries {
             st.pending.remove(&e.id);
@@ -209,6 +217,10 @@ impl Store {
             shared: Arc::new(Shared {
                 backend: Box::new(LocalDir::new(dir.join("packs"))),
                 index: Mutex::new(index),
+                me: {
+                    let pid = std::process::id();
+                    (pid, crate::gc::process_start(pid).unwrap_or(0))
+                },
                 state: Mutex::new(WriteState {
                     data: PackWriter::new(),
                     tree: PackWriter::new(),
@@ -341,12 +353,26 @@ impl Store {
         let encoded = match encoded {
             Some(e) => e,
             None => {
-                let loc = lock(&self.shared.index)
-                    .locate(&id)?
-                    .ok_or(StoreError::Missing(id))?;
-                self.shared
-                    .backend
-                    .read_at(&loc.pack, loc.offset, loc.length as usize)
+                let locate = || {
+                    lock(&self.shared.index)
+                        .locate(&id)?
+                        .ok_or(StoreError::Missing(id))
+                };
+                let loc = locate()?;
+                let read = |loc: &crate::index::BlobLocation| {
+                    self.shared
+                        .backend
+                        .read_at(&loc.pack, loc.offset, loc.length as usize)
+                };
+                read(&loc)
+                    .or_else(|e| {
+                        // Garbage collection may have moved the blob to a new
+                        // pack between the lookup and the read: look again.
+                        match locate() {
+                            Ok(again) if again != loc => read(&again),
+                            _ => Err(e),
+                        }
+                    })
                     .map_err(|e| match e {
                         // The index names bytes the pack does not have: the
                         // pack is damaged (truncated or deleted).
