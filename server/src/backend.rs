@@ -17,6 +17,8 @@ pub trait PackBackend: Send + Sync {
     fn read(&self, name: &str) -> Result<Vec<u8>, StoreError>;
     /// Names of all packs.
     fn list(&self) -> Result<Vec<String>, StoreError>;
+    /// The size of pack `name` in bytes; `None` when there is no such pack.
+    fn size(&self, name: &str) -> Result<Option<u64>, StoreError>;
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -115,5 +117,17 @@ impl PackBackend for LocalDir {
         }
         out.sort();
         Ok(out)
+    }
+
+    fn size(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let path = self.path(name);
+        match std::fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io {
+                context: format!("stat of pack {}", path.display()),
+                source: e,
+            }),
+        }
     }
 }
