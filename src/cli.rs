@@ -72,6 +72,9 @@ pub enum Command {
         #[arg(long, default_value_t = homesync_server::gc::REWRITE_BELOW)]
         rewrite_below: f64,
     },
+    /// Verify the store at --repo: every snapshot's trees and blobs present,
+    /// index and packs agree; with --read-data also re-hash the stored blobs
+    Check(CheckArgs),
     /// Run the server: the store behind QUIC for a fleet of machines
     Serve(ServeArgs),
     /// Manage machines and credentials of the store at --repo (on the server)
@@ -79,6 +82,22 @@ pub enum Command {
     Admin(AdminCommand),
     /// Save the server address, fingerprint and credential in the client config
     Login,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also read every stored blob and check it against its id (reads the
+    /// whole store; see --subset)
+    #[arg(long)]
+    pub read_data: bool,
+    /// Read only part of the packs (implies --read-data): `n/m` is part n
+    /// of m (parts 1/m to m/m together are every pack), `N%` about N percent
+    #[arg(long, value_name = "n/m|N%")]
+    pub subset: Option<String>,
+    /// With `--subset N%`: start at bucket K (0-99), so runs at offsets 0,
+    /// N, 2N, ... cover every pack in turn
+    #[arg(long, value_name = "K", requires = "subset")]
+    pub subset_offset: Option<u32>,
 }
 
 #[derive(Args, Debug)]

@@ -1,6 +1,7 @@
 //! The `homesync` command: argument parsing, output and exit codes. All the
 //! work is done by the client engine and the store.
 
+mod check;
 mod cli;
 mod output;
 mod progress_bar;
@@ -163,7 +164,7 @@ impl Repo {
 }
 
 /// The client config: `--config`, else the default places; missing is fine.
-fn client_config(cli: &Cli) -> anyhow::Result<Option<(PathBuf, ClientConfig)>> {
+pub(crate) fn client_config(cli: &Cli) -> anyhow::Result<Option<(PathBuf, ClientConfig)>> {
     let path = match &cli.config {
         Some(p) => p.clone(),
         None => homesync_client::config::default_path(),
@@ -209,7 +210,7 @@ fn open_repo(cli: &Cli, create_default: bool, out: &Out) -> anyhow::Result<Repo>
     Ok(Repo::Local(open_store(cli, create_default, out)?))
 }
 
-fn open_store(cli: &Cli, create_default: bool, out: &Out) -> anyhow::Result<Store> {
+pub(crate) fn open_store(cli: &Cli, create_default: bool, out: &Out) -> anyhow::Result<Store> {
     let path = cli.repo.clone().unwrap_or_else(default_repo);
     let options = OpenOptions {
         // In-process: the only writer is this process, which hashed each
@@ -386,6 +387,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             out.gc(&report);
             Ok(exit::OK)
         }
+        Command::Check(a) => check::run(cli, a, &out),
         Command::Serve(a) => serve::run(cli, a, &out),
         Command::Admin(cmd) => {
             let store_dir = cli.repo.clone().unwrap_or_else(default_repo);

@@ -431,6 +431,123 @@ impl Out {
     }
 }
 
+/// `homesync check`.
+impl Out {
+    /// One damaged or missing blob and every snapshot path that needs it.
+    pub fn damage(&self, d: &homesync_server::check::Damage) {
+        use homesync_server::check::kind_name;
+        if self.json {
+            let affected: Vec<Value> = d
+                .affected
+                .iter()
+                .map(|a| {
+                    let mut m = Map::new();
+                    m.insert("snapshot".into(), a.snapshot.to_hex().into());
+                    m.insert("time".into(), format_time(a.time).into());
+                    m.insert("machine".into(), a.machine.clone().into());
+                    path_fields(&mut m, "source", &a.source);
+                    path_fields(&mut m, "path", &a.path);
+                    Value::Object(m)
+                })
+                .collect();
+            self.line(json!({
+                "message_type": "damage",
+                "blob": d.blob.to_hex(),
+                "kind": kind_name(d.kind),
+                "pack": d.pack,
+                "problem": d.problem.code(),
+                "detail": d.problem.detail(),
+                "affected": affected,
+            }));
+        } else {
+            println!(
+                "damaged {} {}{}: {}",
+                kind_name(d.kind),
+                d.blob,
+                d.pack
+                    .as_ref()
+                    .map(|p| format!(" (pack {p})"))
+                    .unwrap_or_default(),
+                d.problem
+            );
+            if d.affected.is_empty() {
+                println!("  no snapshot needs it");
+            }
+            for a in &d.affected {
+                println!(
+                    "  snapshot {} {} {} {}: {}",
+                    a.snapshot.short(),
+                    format_time(a.time),
+                    a.machine,
+                    escaped(&a.source),
+                    if a.path.is_empty() {
+                        ".".to_string()
+                    } else {
+                        escaped(&a.path)
+                    }
+                );
+            }
+        }
+    }
+
+    pub fn check_summary(
+        &self,
+        r: &homesync_server::check::CheckReport,
+        opts: &homesync_server::check::CheckOptions,
+        took: Duration,
+    ) {
+        if self.json {
+            self.line(json!({
+                "message_type": "check_summary",
+                "read_data": opts.read_data,
+                "subset": opts.read_data.then(|| opts.subset.to_string()),
+                "snapshots_checked": r.snapshots_checked,
+                "trees_checked": r.trees_checked,
+                "blobs_checked": r.blobs_checked,
+                "blobs_read": r.blobs_read,
+                "packs_checked": r.packs_checked,
+                "packs_read": r.packs_read,
+                "bytes_read": r.bytes_read,
+                "damaged_blobs": r.damaged.len(),
+                "errors": r.errors.len(),
+                "warnings": r.warnings.len(),
+                "seconds": took.as_secs_f64(),
+            }));
+        } else {
+            let read = if opts.read_data {
+                format!(
+                    "data of {} packs{}, {} blobs, {} read",
+                    r.packs_read,
+                    match opts.subset {
+                        homesync_server::check::Subset::All => String::new(),
+                        s => format!(" (subset {s})"),
+                    },
+                    r.blobs_read,
+                    kib(r.bytes_read)
+                )
+            } else {
+                format!("{} read", kib(r.bytes_read))
+            };
+            let verdict = if r.is_damaged() {
+                format!(
+                    "{} damaged or missing blob(s), {} other problem(s)",
+                    r.damaged.len(),
+                    r.errors.len()
+                )
+            } else {
+                "no damage found".to_string()
+            };
+            println!(
+                "checked {} snapshots, {} trees, {} packs ({read}) in {:.1} s: {verdict}",
+                r.snapshots_checked,
+                r.trees_checked,
+                r.packs_checked,
+                took.as_secs_f64()
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,11 +24,24 @@ impl Bar {
 
 /// Starts drawing `progress` if `wanted` and stderr is a terminal.
 pub fn start(progress: &Arc<Progress>, wanted: bool, verb: &'static str) -> Bar {
+    let progress = progress.clone();
+    start_with(wanted, move || {
+        let (files, files_total, bytes, bytes_total) = progress.get();
+        (
+            format!("{verb} {files}/{files_total} files"),
+            bytes,
+            bytes_total,
+        )
+    })
+}
+
+/// Starts drawing what `read` returns (message, bytes done, bytes in all),
+/// ten times a second, if `wanted` and stderr is a terminal.
+pub fn start_with(wanted: bool, read: impl Fn() -> (String, u64, u64) + Send + 'static) -> Bar {
     let stop = Arc::new(AtomicBool::new(false));
     if !wanted || !std::io::stderr().is_terminal() {
         return Bar { stop, thread: None };
     }
-    let progress = progress.clone();
     let stop2 = stop.clone();
     let thread = std::thread::spawn(move || {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(10));
@@ -39,10 +52,10 @@ pub fn start(progress: &Arc<Progress>, wanted: bool, verb: &'static str) -> Bar 
             .expect("valid template"),
         );
         while !stop2.load(Ordering::Relaxed) {
-            let (files, files_total, bytes, bytes_total) = progress.get();
+            let (msg, bytes, bytes_total) = read();
             bar.set_length(bytes_total.max(bytes));
             bar.set_position(bytes);
-            bar.set_message(format!("{verb} {files}/{files_total} files"));
+            bar.set_message(msg);
             std::thread::sleep(Duration::from_millis(100));
         }
         bar.finish_and_clear();

@@ -66,6 +66,8 @@ fn gc_reclaims_what_only_forgotten_snapshots_used() {
     assert!(r["blob_bytes_deleted"].as_u64().unwrap() >= 3 << 20, "{r}");
     assert!(freed >= 3 << 20, "only {freed} bytes freed: {r}");
     restore_and_compare(&hs, &second, &copy, &tmp.path().join("r"));
+    hs.run(&[OsStr::new("check"), OsStr::new("--read-data")])
+        .expect_ok();
     // Nothing left to do.
     assert_eq!(gc(&hs)["blobs_deleted"], 0);
 }
@@ -172,7 +174,9 @@ fn gc_killed_at_any_moment_leaves_a_store_the_next_run_finishes() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();
-        // Whatever the moment, the kept snapshot restores whole.
+        // Whatever the moment, the store checks out and the kept snapshot
+        // restores whole.
+        hs.run(&[OsStr::new("check")]).expect_ok();
         restore_and_compare(
             &hs,
             &ids[3],
@@ -185,5 +189,7 @@ fn gc_killed_at_any_moment_leaves_a_store_the_next_run_finishes() {
     gc(&hs);
     let r = gc(&hs);
     assert_eq!(r["condemned"], 0, "{r}");
+    hs.run(&[OsStr::new("check"), OsStr::new("--read-data")])
+        .expect_ok();
     restore_and_compare(&hs, &ids[3], &copy, &tmp.path().join("r-final"));
 }

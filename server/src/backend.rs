@@ -19,6 +19,8 @@ pub trait PackBackend: Send + Sync {
     fn list(&self) -> Result<Vec<String>, StoreError>;
     /// Removes a pack (garbage collection); a pack already gone is no error.
     fn delete(&self, name: &str) -> Result<(), StoreError>;
+    /// The size of pack `name` in bytes; `None` when there is no such pack.
+    fn size(&self, name: &str) -> Result<Option<u64>, StoreError>;
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -126,6 +128,18 @@ impl PackBackend for LocalDir {
                 Err(io(format!("deleting pack {}", path.display()))(e))
             }
             _ => Ok(()),
+        }
+    }
+
+    fn size(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let path = self.path(name);
+        match std::fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io {
+                context: format!("stat of pack {}", path.display()),
+                source: e,
+            }),
         }
     }
 }

@@ -782,6 +782,125 @@ fn sessions(conn: &Connection) -> Result<Vec<SessionRow>, StoreError> {
     rows.collect::<Result<_, _>>().map_err(sql)
 }
 
+/// A pack as the index records it (for verification, see `check.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackRow {
+    pub id: i64,
+    pub name: String,
+    pub size: u64,
+}
+
+/// A blob as the index records it, `pack` being a [`PackRow::id`]
+/// (compact: a store holds about a million per TiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobRow {
+    pub id: BlobId,
+    pub kind: BlobKind,
+    pub pack: i64,
+    pub offset: u64,
+    pub length: u32,
+}
+
+/// A snapshot row as stored: `(id, data)`, unchecked.
+pub type SnapshotRow = (Vec<u8>, Vec<u8>);
+
+/// Everything the index says, read in one transaction (for verification).
+#[derive(Debug, Default)]
+pub struct IndexListing {
+    pub packs: Vec<PackRow>,
+    pub blobs: Vec<BlobRow>,
+    /// Rows that cannot even be described as a blob (malformed id, unknown
+    /// kind, negative offset): index damage.
+    pub bad_rows: Vec<String>,
+}
+
+impl Index {
+    /// Every pack and blob row, read in one transaction, so the two agree.
+    pub fn listing(&self) -> Result<IndexListing, StoreError> {
+        let tx = self.conn.unchecked_transaction().map_err(sql)?;
+        let mut out = IndexListing::default();
+        {
+            let mut st = tx
+                .prepare("SELECT id, name, size FROM packs ORDER BY id")
+                .map_err(sql)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(sql)?;
+            for row in rows {
+                let (id, name, size) = row.map_err(sql)?;
+                if size < 0 {
+                    out.bad_rows
+                        .push(format!("pack {name} has a negative size {size}"));
+                }
+                out.packs.push(PackRow {
+                    id,
+                    name,
+                    size: size.max(0) as u64,
+                });
+            }
+            let mut st = tx
+                .prepare("SELECT id, kind, pack, offset, length FROM blobs")
+                .map_err(sql)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                })
+                .map_err(sql)?;
+            for row in rows {
+                let (id, kind, pack, offset, length) = row.map_err(sql)?;
+                let Some(id) = BlobId::from_slice(&id) else {
+                    out.bad_rows
+                        .push(format!("a blob row with a {}-byte id", id.len()));
+                    continue;
+                };
+                let kind = u8::try_from(kind).ok().and_then(BlobKind::from_u8);
+                match (kind, u64::try_from(offset), u32::try_from(length)) {
+                    (Some(kind), Ok(offset), Ok(length)) => out.blobs.push(BlobRow {
+                        id,
+                        kind,
+                        pack,
+                        offset,
+                        length,
+                    }),
+                    _ => out.bad_rows.push(format!(
+                        "blob {id}: malformed row (kind {kind:?}, offset {offset}, length {length})"
+                    )),
+                }
+            }
+        }
+        tx.finish().map_err(sql)?;
+        Ok(out)
+    }
+
+    /// Every snapshot row as stored, `(id, data)`, nothing checked (unlike
+    /// [`Index::snapshots`], which skips damaged rows): verification
+    /// reports each damaged row.
+    pub fn snapshot_rows(&self) -> Result<Vec<SnapshotRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, data FROM snapshots ORDER BY time, id")
+            .map_err(sql)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(sql)?;
+        rows.collect::<Result<_, _>>().map_err(sql)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

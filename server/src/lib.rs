@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod check;
 pub mod config;
 pub mod gc;
 pub mod index;

@@ -21,8 +21,12 @@ pub const MAGIC: &[u8; 4] = b"HSPK";
 pub const FOOTER_MAGIC: &[u8; 4] = b"HSPT";
 pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 8;
-const NONCE_LEN: usize = 16;
-const ENTRY_LEN: usize = 45;
+/// Entry count and magic at the very end.
+pub const FOOTER_LEN: usize = 8;
+/// Version 2: random bytes between the trailer and the footer.
+pub const NONCE_LEN: usize = 16;
+/// One trailer entry: id, kind, offset, length.
+pub const ENTRY_LEN: usize = 45;
 
 /// Where one blob sits in a pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +114,7 @@ impl PackWriter {
     /// Appends trailer and footer; returns the pack's name, bytes and entries.
     pub fn finish(mut self) -> (String, Vec<u8>, Vec<PackEntry>) {
         self.bytes
-            .reserve_exact(self.entries.len() * ENTRY_LEN + NONCE_LEN + 8);
+            .reserve_exact(self.entries.len() * ENTRY_LEN + NONCE_LEN + FOOTER_LEN);
         for e in &self.entries {
             self.bytes.extend_from_slice(&e.id.0);
             self.bytes.push(e.kind as u8);
@@ -133,35 +137,65 @@ impl PackWriter {
 /// Lists the blobs of a whole pack from its trailer (for index rebuilds and
 /// checks). Bounds are checked; nothing is trusted.
 pub fn read_entries(pack: &[u8]) -> Result<Vec<PackEntry>, PackError> {
-    if pack.len() < HEADER_LEN + 8 {
+    if pack.len() < HEADER_LEN + FOOTER_LEN {
         return Err(PackError::Truncated(pack.len()));
     }
-    if &pack[..4] != MAGIC || &pack[pack.len() - 4..] != FOOTER_MAGIC {
+    let (start, len) = trailer_span(
+        &pack[..HEADER_LEN],
+        &pack[pack.len() - FOOTER_LEN..],
+        pack.len() as u64,
+    )?;
+    parse_trailer(&pack[start as usize..start as usize + len], start)
+}
+
+/// Where the trailer of a pack of `pack_len` bytes lies (offset, length),
+/// from its first and last 8 bytes: a pack's blobs can be listed without
+/// reading them.
+pub fn trailer_span(
+    header: &[u8],
+    footer: &[u8],
+    pack_len: u64,
+) -> Result<(u64, usize), PackError> {
+    if pack_len < (HEADER_LEN + FOOTER_LEN) as u64
+        || header.len() != HEADER_LEN
+        || footer.len() != FOOTER_LEN
+    {
+        return Err(PackError::Truncated(pack_len as usize));
+    }
+    if &header[..4] != MAGIC || &footer[4..] != FOOTER_MAGIC {
         return Err(PackError::BadMagic);
     }
-    let footer = match pack[4] {
-        1 => 8,
-        2 => NONCE_LEN + 8,
+    let nonce = match header[4] {
+        1 => 0,
+        2 => NONCE_LEN as u64,
         v => return Err(PackError::Version(v)),
     };
-    if pack.len() < HEADER_LEN + footer {
-        return Err(PackError::Truncated(pack.len()));
-    }
-    let count =
-        u32::from_le_bytes(pack[pack.len() - 8..pack.len() - 4].try_into().expect("4")) as usize;
+    let count = u32::from_le_bytes(footer[..4].try_into().expect("4")) as u64;
     let trailer_len = count
-        .checked_mul(ENTRY_LEN)
-        .filter(|&l| l + HEADER_LEN + footer <= pack.len())
+        .checked_mul(ENTRY_LEN as u64)
+        .filter(|&l| l + (HEADER_LEN + FOOTER_LEN) as u64 + nonce <= pack_len)
         .ok_or(PackError::BadTrailer("entry count larger than the pack"))?;
-    let data_end = pack.len() - footer - trailer_len;
-    let trailer = &pack[data_end..pack.len() - footer];
-    let mut out = Vec::with_capacity(count);
+    Ok((
+        pack_len - FOOTER_LEN as u64 - nonce - trailer_len,
+        trailer_len as usize,
+    ))
+}
+
+/// The entries of a trailer that starts at `data_end` (where the blob area
+/// ends); every entry must lie within the blob area.
+pub fn parse_trailer(trailer: &[u8], data_end: u64) -> Result<Vec<PackEntry>, PackError> {
+    if !trailer.len().is_multiple_of(ENTRY_LEN) {
+        return Err(PackError::BadTrailer(
+            "trailer is not a whole number of entries",
+        ));
+    }
+    let mut out = Vec::with_capacity(trailer.len() / ENTRY_LEN);
     for e in trailer.chunks_exact(ENTRY_LEN) {
         let id = BlobId(e[..32].try_into().expect("32"));
         let kind = BlobKind::from_u8(e[32]).ok_or(PackError::BadTrailer("unknown blob kind"))?;
         let offset = u64::from_le_bytes(e[33..41].try_into().expect("8"));
         let length = u32::from_le_bytes(e[41..45].try_into().expect("4"));
-        if offset < HEADER_LEN as u64 || offset.saturating_add(length as u64) > data_end as u64 {
+        if offset < HEADER_LEN as u64 || offset.saturating_add(length as u64) > data_end {
             return Err(PackError::BadTrailer("blob outside the data area"));
         }
         out.push(PackEntry {
@@ -207,6 +241,27 @@ mod tests {
         let footer = v1.split_off(v1.len() - 24);
         v1.extend_from_slice(&footer[16..]);
         assert_eq!(read_entries(&v1).unwrap(), a.2);
+    }
+
+    #[test]
+    fn the_trailer_alone_lists_the_same_blobs() {
+        let mut w = PackWriter::new();
+        w.add(BlobId([1; 32]), BlobKind::Chunk, b"hello");
+        w.add(BlobId([2; 32]), BlobKind::Tree, b"world!");
+        let (_, bytes, entries) = w.finish();
+        let n = bytes.len();
+        let (start, len) =
+            trailer_span(&bytes[..HEADER_LEN], &bytes[n - FOOTER_LEN..], n as u64).unwrap();
+        assert_eq!(start as usize + len + NONCE_LEN + FOOTER_LEN, n);
+        assert_eq!(
+            parse_trailer(&bytes[start as usize..start as usize + len], start).unwrap(),
+            entries
+        );
+        // A footer claiming more entries than fit is refused.
+        let mut footer = bytes[n - FOOTER_LEN..].to_vec();
+        footer[0] = 200;
+        assert!(trailer_span(&bytes[..HEADER_LEN], &footer, n as u64).is_err());
+        assert!(parse_trailer(&bytes[start as usize..start as usize + len - 1], start).is_err());
     }
 
     #[test]

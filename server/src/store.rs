@@ -239,6 +239,16 @@ impl Store {
         &self.dir
     }
 
+    /// Where the packs are (for verification, `check.rs`).
+    pub(crate) fn backend(&self) -> &dyn PackBackend {
+        self.shared.backend.as_ref()
+    }
+
+    /// The index, locked: hold it briefly, backups wait meanwhile.
+    pub(crate) fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        lock(&self.shared.index)
+    }
+
     /// Sends a job to the writer thread, starting it on first use. Blocks
     /// while the queue is full (back-pressure on the backup).
     fn send(&self, job: Job) -> Result<(), StoreError> {
