@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config;
 pub mod index;
 pub mod pack;
+pub mod retention;
 pub mod serve_config;
 pub mod service;
 pub mod store;
