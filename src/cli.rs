@@ -1,6 +1,7 @@
 //! Command-line arguments.
 
 use clap::{Args, Parser, Subcommand};
+use homesync_server::retention::{Policy, Span, SpanError};
 use std::path::PathBuf;
 
 /// homesync: back up home directories and restore them faithfully.
@@ -55,16 +56,10 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Show what changed between two snapshots
     Diff(DiffArgs),
-    /// Remove snapshots from the list (on a server: admin credentials only);
-    /// their data is reclaimed by garbage collection
-    Forget {
-        /// Snapshot ids, id prefixes, or `latest`
-        #[arg(required = true)]
-        snapshots: Vec<String>,
-        /// Another machine's snapshots (admin credential)
-        #[arg(long)]
-        machine: Option<String>,
-    },
+    /// Remove snapshots from the list, given by id or by a retention policy
+    /// (on a server: admin credentials only); their data is reclaimed by
+    /// garbage collection
+    Forget(ForgetArgs),
     /// Reclaim the space of blobs no snapshot references (on the store at
     /// --repo; safe while backups run)
     Gc {
@@ -98,6 +93,72 @@ pub struct CheckArgs {
     /// N, 2N, ... cover every pack in turn
     #[arg(long, value_name = "K", requires = "subset")]
     pub subset_offset: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshot ids, id prefixes, or `latest` (or a policy: --keep-*)
+    #[arg(required_unless_present = "policy", conflicts_with = "policy")]
+    pub snapshots: Vec<String>,
+    /// Another machine's snapshots (admin credential)
+    #[arg(long)]
+    pub machine: Option<String>,
+    /// Only show what would be forgotten (and, with a policy, why)
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten, next_help_heading = "Policy (instead of snapshot ids)")]
+    pub policy: PolicyArgs,
+}
+
+/// A retention policy (restic's rules, per machine and source, periods in
+/// UTC; the newest snapshot of each source is always kept).
+#[derive(Args, Debug)]
+#[group(id = "policy", multiple = true)]
+pub struct PolicyArgs {
+    /// Keep the N newest snapshots
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest hours that have one
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest days (UTC) that have one
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest ISO weeks that have one
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest months that have one
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest years that have one
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot within DUR of the newest one (y, m, w, d, h: 36h, 30d, 1y2m3d)
+    #[arg(long, value_name = "DUR", value_parser = parse_span)]
+    pub keep_within: Option<String>,
+    /// Keep every snapshot with this tag (repeatable)
+    #[arg(long, value_name = "TAG", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub keep_tag: Vec<String>,
+}
+
+impl PolicyArgs {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within.clone(),
+            keep_tags: self.keep_tag.clone(),
+        }
+    }
+}
+
+/// Checks a --keep-within duration, keeping the text as given.
+fn parse_span(s: &str) -> Result<String, SpanError> {
+    s.parse::<Span>().map(|_| s.to_string())
 }
 
 #[derive(Args, Debug)]

@@ -9,15 +9,16 @@ mod serve;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{AdminCommand, Cli, Command};
+use cli::{AdminCommand, Cli, Command, ForgetArgs};
 use homesync_client::backup::{self, BackupOptions};
 use homesync_client::browse;
 use homesync_client::config::ClientConfig;
 use homesync_client::remote::{RemoteOptions, RemoteRepository};
 use homesync_client::restore::{self, RestoreOptions};
 use homesync_client::{ClientError, Progress};
-use homesync_protocol::{ChunkerParams, Repository, Snapshot, SnapshotId, StoreError};
+use homesync_protocol::{ChunkerParams, Repository, Snapshot, SnapshotId, StoreError, Timestamp};
 use homesync_server::auth::{Auth, Role};
+use homesync_server::retention::{self, Action};
 use homesync_server::{OpenOptions, Store};
 use output::Out;
 use std::os::unix::ffi::OsStrExt;
@@ -161,6 +162,80 @@ impl Repo {
     fn resolve(&self, machine: Option<&str>, spec: &str) -> anyhow::Result<(SnapshotId, Snapshot)> {
         Ok(browse::resolve_in(self.snapshots(machine)?, spec)?)
     }
+}
+
+/// The time a retention policy is applied at: the clock, or `HOMESYNC_NOW`
+/// (a UTC time such as `2026-11-30T12:00:00Z`), which exists for tests and
+/// scripts. Nothing else reads it: snapshot times always come from the clock.
+fn policy_clock() -> anyhow::Result<Timestamp> {
+    match std::env::var("HOMESYNC_NOW") {
+        Ok(s) => Ok(retention::parse_utc(&s).ok_or_else(|| {
+            ClientError::Usage(format!(
+                "HOMESYNC_NOW={s:?} is not a UTC time like 2026-11-30T12:00:00Z"
+            ))
+        })?),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(ClientError::Usage("HOMESYNC_NOW is not valid UTF-8".into()).into())
+        }
+        Err(std::env::VarError::NotPresent) => {
+            let d = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            Ok(Timestamp {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos(),
+            })
+        }
+    }
+}
+
+/// `forget`: snapshots given by id, or chosen by a retention policy.
+fn forget(cli: &Cli, a: &ForgetArgs, out: &Out) -> anyhow::Result<u8> {
+    let repo = open_repo(cli, false, out)?;
+    if !a.snapshots.is_empty() {
+        for spec in &a.snapshots {
+            let (id, _) = repo.resolve(a.machine.as_deref(), spec)?;
+            if a.dry_run {
+                out.note(&format!("would forget snapshot {id}"));
+            } else {
+                repo.dyn_repo().forget_snapshot(id)?;
+                out.note(&format!("forgot snapshot {id}"));
+            }
+        }
+        return Ok(exit::OK);
+    }
+    // clap requires ids or at least one --keep-* flag, so the policy is
+    // never empty here.
+    let policy = a.policy.policy();
+    let now = policy_clock()?;
+    let snapshots = repo.snapshots(a.machine.as_deref())?;
+    let decisions =
+        retention::plan(&snapshots, &policy, now).map_err(|e| ClientError::Usage(e.to_string()))?;
+    out.note(&format!(
+        "applying policy {policy} to {} snapshots",
+        snapshots.len()
+    ));
+    let (mut kept, mut removed) = (0, 0);
+    let mut group = None;
+    for d in &decisions {
+        if group != Some((&d.machine, &d.source)) {
+            group = Some((&d.machine, &d.source));
+            out.forget_group(&d.machine, &d.source);
+        }
+        if d.action == Action::Remove {
+            if !a.dry_run {
+                repo.dyn_repo()
+                    .forget_snapshot(d.id)
+                    .with_context(|| format!("forgetting snapshot {}", d.id))?;
+            }
+            removed += 1;
+        } else {
+            kept += 1;
+        }
+        out.forget(d);
+    }
+    out.forget_summary(kept, removed, a.dry_run);
+    Ok(exit::OK)
 }
 
 /// The client config: `--config`, else the default places; missing is fine.
@@ -359,15 +434,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             })?;
             Ok(exit::OK)
         }
-        Command::Forget { snapshots, machine } => {
-            let repo = open_repo(cli, false, &out)?;
-            for spec in snapshots {
-                let (id, _) = repo.resolve(machine.as_deref(), spec)?;
-                repo.dyn_repo().forget_snapshot(id)?;
-                out.note(&format!("forgot snapshot {id}"));
-            }
-            Ok(exit::OK)
-        }
+        Command::Forget(a) => forget(cli, a, &out),
         Command::Gc { rewrite_below } => {
             if !(0.0..=1.0).contains(rewrite_below) {
                 return Err(ClientError::Usage(format!(

@@ -6,6 +6,7 @@ use homesync_client::backup::BackupReport;
 use homesync_client::browse::Change;
 use homesync_client::restore::RestoreReport;
 use homesync_protocol::{Node, NodeKind, Snapshot, SnapshotId, Timestamp};
+use homesync_server::retention::Decision;
 use serde_json::{Map, Value, json};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -324,6 +325,52 @@ impl Out {
                     }
                 );
             }
+        }
+    }
+
+    /// The heading of one retention group (text only).
+    pub fn forget_group(&self, machine: &str, source: &[u8]) {
+        if !self.json {
+            println!("{machine} {}", escaped(source));
+        }
+    }
+
+    /// One retention decision: keep or remove, and why.
+    pub fn forget(&self, d: &Decision) {
+        if self.json {
+            let mut m = Map::new();
+            m.insert("message_type".into(), "forget".into());
+            m.insert("snapshot_id".into(), d.id.to_hex().into());
+            m.insert("time".into(), format_time(d.time).into());
+            m.insert("unix_time".into(), d.time.sec.into());
+            m.insert("machine".into(), d.machine.clone().into());
+            path_fields(&mut m, "source", &d.source);
+            m.insert("action".into(), d.action.as_str().into());
+            m.insert("reasons".into(), d.reasons.clone().into());
+            self.line(Value::Object(m));
+        } else {
+            println!(
+                "  {:<8}  {:<19}  {:<6}  {}",
+                d.id.short(),
+                format_time(d.time),
+                d.action.as_str(),
+                d.reasons.join(", ")
+            );
+        }
+    }
+
+    pub fn forget_summary(&self, kept: usize, removed: usize, dry_run: bool) {
+        if self.json {
+            self.line(json!({
+                "message_type": "summary",
+                "kept": kept, "removed": removed, "dry_run": dry_run,
+            }));
+        } else if dry_run {
+            println!(
+                "would keep {kept} snapshots and forget {removed} (dry run: nothing forgotten)"
+            );
+        } else {
+            println!("kept {kept} snapshots, forgot {removed}");
         }
     }
 

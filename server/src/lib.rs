@@ -11,6 +11,7 @@ pub mod config;
 pub mod gc;
 pub mod index;
 pub mod pack;
+pub mod retention;
 pub mod serve_config;
 pub mod service;
 pub mod store;

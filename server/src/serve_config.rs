@@ -3,14 +3,20 @@
 //! Every field but `store` has a default; an unknown field is an error (a
 //! typo must not silently fall back to a default). Relative paths are taken
 //! relative to the directory holding the config file, not the working
-//! directory (which for a systemd service is `/`). The same text is in
-//! `examples/server.toml`:
+//! directory (which for a systemd service is `/`).
+//!
+//! `[retention]` holds the default retention [`Policy`] (see
+//! [`crate::retention`]) and `[retention.machines."NAME"]` per-machine
+//! overrides; an override replaces the default for its machine wholesale.
+//! The same text is in `examples/server.toml`:
 //!
 //! ```toml
 #![doc = include_str!("../../examples/server.toml")]
 //! ```
 
+use crate::retention::{Policy, Retention};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -43,10 +49,12 @@ pub enum ConfigError {
         line: Option<usize>,
         message: String,
     },
+    /// A value the file's syntax allows but homesync does not; `field` is
+    /// its dotted path, e.g. `retention.machines."laptop".keep_daily`.
     #[error("{}: `{field}` {reason}", path.display())]
     Invalid {
         path: PathBuf,
-        field: &'static str,
+        field: String,
         reason: String,
     },
 }
@@ -69,6 +77,8 @@ pub struct ServeConfig {
     /// An upload session not committed within this long expires, and the
     /// blobs only it uploaded become garbage.
     pub session_expiry_hours: u64,
+    /// The retention policies (`[retention]`); none by default.
+    pub retention: Retention,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +91,25 @@ struct Raw {
     max_connections: Option<usize>,
     idle_timeout_secs: Option<u64>,
     session_expiry_hours: Option<u64>,
+    retention: Option<RawRetention>,
+}
+
+/// `[retention]`: the default policy's fields, and `machines`. (serde's
+/// `flatten` would not refuse unknown fields, hence the repetition.)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_last: Option<u32>,
+    keep_hourly: Option<u32>,
+    keep_daily: Option<u32>,
+    keep_weekly: Option<u32>,
+    keep_monthly: Option<u32>,
+    keep_yearly: Option<u32>,
+    keep_within: Option<String>,
+    #[serde(default)]
+    keep_tags: Vec<String>,
+    #[serde(default)]
+    machines: BTreeMap<String, Policy>,
 }
 
 impl ServeConfig {
@@ -94,6 +123,7 @@ impl ServeConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             session_expiry_hours: DEFAULT_SESSION_EXPIRY_HOURS,
+            retention: Retention::default(),
         }
     }
 
@@ -114,9 +144,9 @@ impl ServeConfig {
             line: e.span().map(|s| line_of(text, s.start)),
             message: e.to_string().trim_end().to_string(),
         })?;
-        let invalid = |field, reason: &str| ConfigError::Invalid {
+        let invalid = |field: &str, reason: &str| ConfigError::Invalid {
             path: path.to_path_buf(),
-            field,
+            field: field.to_string(),
             reason: reason.to_string(),
         };
         let base = path.parent().unwrap_or(Path::new(""));
@@ -160,6 +190,36 @@ impl ServeConfig {
                 return Err(invalid("session_expiry_hours", "must be at least 1"));
             }
             config.session_expiry_hours = n;
+        }
+        if let Some(r) = raw.retention {
+            let default = Policy {
+                keep_last: r.keep_last,
+                keep_hourly: r.keep_hourly,
+                keep_daily: r.keep_daily,
+                keep_weekly: r.keep_weekly,
+                keep_monthly: r.keep_monthly,
+                keep_yearly: r.keep_yearly,
+                keep_within: r.keep_within,
+                keep_tags: r.keep_tags,
+            };
+            default
+                .validate()
+                .map_err(|e| invalid(&format!("retention.{}", e.field), &e.reason))?;
+            // An empty `[retention]` (only overrides, say) sets no default.
+            config.retention.default = (!default.is_empty()).then_some(default);
+            for (name, policy) in r.machines {
+                if name.is_empty() {
+                    return Err(invalid("retention.machines", "names a machine \"\""));
+                }
+                policy.validate().map_err(|e| {
+                    invalid(
+                        &format!("retention.machines.{name:?}.{}", e.field),
+                        &e.reason,
+                    )
+                })?;
+                // An empty override is kept: it exempts its machine.
+                config.retention.machines.insert(name, policy);
+            }
         }
         Ok(config)
     }
@@ -220,8 +280,36 @@ mod tests {
                 max_connections: 20,
                 idle_timeout_secs: 5,
                 session_expiry_hours: 1,
+                retention: Retention::default(),
             }
         );
+    }
+
+    #[test]
+    fn retention_default_and_overrides() {
+        let c = parse(
+            "store = \"/s\"\n[retention]\nkeep_daily = 7\nkeep_within = \"30d\"\n\
+             keep_tags = [\"keep\"]\n\
+             [retention.machines.\"build-01\"]\nkeep_last = 3\n\
+             [retention.machines.kiosk]\n",
+        )
+        .unwrap();
+        let r = &c.retention;
+        assert_eq!(
+            r.default.as_ref().unwrap().to_string(),
+            "daily 7, within 30d, tags keep"
+        );
+        // Overrides replace the default wholesale; an empty one keeps all.
+        assert_eq!(r.policy_for("build-01").unwrap().to_string(), "last 3");
+        assert!(r.policy_for("kiosk").unwrap().is_empty());
+        assert_eq!(
+            r.policy_for("laptop").unwrap().to_string(),
+            "daily 7, within 30d, tags keep"
+        );
+        // Overrides only: no default.
+        let c = parse("store = \"/s\"\n[retention.machines.a]\nkeep_last = 1\n").unwrap();
+        assert_eq!(c.retention.default, None);
+        assert_eq!(c.retention.policy_for("b"), None);
     }
 
     #[test]
@@ -229,6 +317,12 @@ mod tests {
         let c = parse(include_str!("../../examples/server.toml")).unwrap();
         assert_eq!(c.store, Path::new("/srv/homesync"));
         assert_eq!(c.listen.port(), 7443);
+        let r = &c.retention;
+        assert_eq!(
+            r.default.as_ref().unwrap().to_string(),
+            "last 3, daily 7, weekly 5, monthly 12, yearly 3, within 2d, tags keep"
+        );
+        assert_eq!(r.policy_for("build-server").unwrap().to_string(), "last 10");
     }
 
     #[test]
@@ -275,6 +369,28 @@ mod tests {
             ("listen = \"0.0.0.0:1\"", "store"),
             ("store = \"\"", "store"),
             ("[store]\npath = \"/s\"", "store"),
+            (
+                "store = \"/s\"\n[retention]\nkeep_daily = 0",
+                "retention.keep_daily",
+            ),
+            ("store = \"/s\"\n[retention]\nkeep_dayly = 3", "keep_dayly"),
+            (
+                "store = \"/s\"\n[retention]\nkeep_tags = [\"\"]",
+                "retention.keep_tags",
+            ),
+            ("store = \"/s\"\nretention = 3", "retention"),
+            (
+                "store = \"/s\"\n[retention.machines.laptop]\nkeep_within = \"1x\"",
+                "retention.machines.\"laptop\".keep_within",
+            ),
+            (
+                "store = \"/s\"\n[retention.machines.laptop]\nkeep_lats = 3",
+                "keep_lats",
+            ),
+            (
+                "store = \"/s\"\n[retention.machines.\"\"]\nkeep_last = 1",
+                "retention.machines",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             let msg = e.to_string();

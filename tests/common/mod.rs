@@ -235,6 +235,8 @@ pub struct Homesync {
     /// by default a `cache` directory beside the store, so tests neither
     /// share a cache nor touch the real user's.
     pub cache_home: PathBuf,
+    /// Extra environment variables for every run (e.g. `HOMESYNC_NOW`).
+    pub env: Vec<(OsString, OsString)>,
 }
 
 impl Homesync {
@@ -248,6 +250,7 @@ impl Homesync {
             repo,
             as_user: None,
             cache_home,
+            env: Vec::new(),
         }
     }
 
@@ -273,13 +276,19 @@ impl Homesync {
         }
         cmd.args(&full)
             .env_remove("HOMESYNC_REPO")
+            .env_remove("HOMESYNC_NOW")
             .env("XDG_CACHE_HOME", &self.cache_home)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let cmdline = format!(
-            "{}{} {}",
+            "{}{}{} {}",
+            self.env
+                .iter()
+                .map(|(k, v)| format!("{}={} ", k.to_string_lossy(), shell_quote(v)))
+                .collect::<String>(),
             match self.as_user {
                 Some((u, g)) => format!("setpriv --reuid={u} --regid={g} --clear-groups "),
                 None => String::new(),
