@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::pack::PackEntry;
 
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE packs(
@@ -53,6 +53,22 @@ CREATE TABLE pack_claims(
     pid INTEGER NOT NULL,
     pid_start INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE jobs(
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    started INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    numbers TEXT NOT NULL
+);
+CREATE INDEX jobs_by_kind ON jobs(kind, started);
+CREATE TABLE running_jobs(
+    kind TEXT PRIMARY KEY NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL,
+    started INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Version 1 had no `meta` table (generation 0 throughout).
@@ -81,6 +97,27 @@ CREATE TABLE pack_claims(
     name TEXT PRIMARY KEY NOT NULL,
     pid INTEGER NOT NULL,
     pid_start INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Version 4 added the server's jobs (see `crate::jobs`): finished runs,
+/// and the kinds running now (the cross-process job lock).
+const MIGRATE_3_TO_4: &str = "
+CREATE TABLE jobs(
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    started INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    numbers TEXT NOT NULL
+);
+CREATE INDEX jobs_by_kind ON jobs(kind, started);
+CREATE TABLE running_jobs(
+    kind TEXT PRIMARY KEY NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL,
+    started INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -164,12 +201,10 @@ impl Index {
                 .map_err(sql)?;
             }
             SCHEMA_VERSION => {}
-            1 | 2 => {
-                let steps = if version == 1 {
-                    format!("{MIGRATE_1_TO_2} {MIGRATE_2_TO_3}")
-                } else {
-                    MIGRATE_2_TO_3.to_string()
-                };
+            1..SCHEMA_VERSION => {
+                let steps: String = [MIGRATE_1_TO_2, MIGRATE_2_TO_3, MIGRATE_3_TO_4]
+                    [version as usize - 1..]
+                    .concat();
                 conn.execute_batch(&format!(
                     "BEGIN IMMEDIATE; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
@@ -764,6 +799,169 @@ impl Index {
     }
 }
 
+/// One finished server job (see `crate::jobs`), as the `jobs` table keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRow {
+    pub kind: String,
+    /// Unix seconds (UTC).
+    pub started: i64,
+    pub duration_ms: u64,
+    /// `ok`, `damage` (a check that found damage) or `error`.
+    pub result: String,
+    pub summary: String,
+    /// A JSON object of the job's numbers.
+    pub numbers: String,
+}
+
+/// A job some process is running now (the job lock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningJob {
+    pub kind: String,
+    pub pid: u32,
+    pub pid_start: u64,
+    pub started: i64,
+}
+
+/// The server's jobs: the job lock and the record of finished runs.
+impl Index {
+    /// Takes the lock of job `kind` for process (`pid`, `pid_start`), in one
+    /// transaction: rows of processes `alive` says are gone are dropped
+    /// first; then, if `kind` or any of `excludes` is still running, that
+    /// row is returned and nothing is taken.
+    pub fn claim_job(
+        &mut self,
+        kind: &str,
+        excludes: &[&str],
+        (pid, pid_start): (u32, u64),
+        started: i64,
+        alive: &dyn Fn(u32, u64) -> bool,
+    ) -> Result<Option<RunningJob>, StoreError> {
+        let tx = self.write_tx()?;
+        let running = running_jobs(&tx)?;
+        for r in &running {
+            if !alive(r.pid, r.pid_start) {
+                tracing::info!(
+                    "job {} of process {} is not running any more (the process ended)",
+                    r.kind,
+                    r.pid
+                );
+                tx.execute("DELETE FROM running_jobs WHERE kind = ?1", [&r.kind])
+                    .map_err(sql)?;
+            }
+        }
+        if let Some(r) = running
+            .into_iter()
+            .filter(|r| alive(r.pid, r.pid_start))
+            .find(|r| r.kind == kind || excludes.contains(&r.kind.as_str()))
+        {
+            return Ok(Some(r));
+        }
+        tx.execute(
+            "INSERT INTO running_jobs(kind, pid, pid_start, started) VALUES (?1, ?2, ?3, ?4)",
+            params![kind, pid, pid_start as i64, started],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(None)
+    }
+
+    /// Releases the lock of job `kind` if (`pid`, `pid_start`) holds it.
+    pub fn release_job(
+        &mut self,
+        kind: &str,
+        (pid, pid_start): (u32, u64),
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM running_jobs WHERE kind = ?1 AND pid = ?2 AND pid_start = ?3",
+                params![kind, pid, pid_start as i64],
+            )
+            .map(drop)
+            .map_err(sql)
+    }
+
+    /// The job lock rows (some may be of processes that died).
+    pub fn running_jobs(&self) -> Result<Vec<RunningJob>, StoreError> {
+        running_jobs(&self.conn)
+    }
+
+    pub fn record_job(&mut self, row: &JobRow) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO jobs(kind, started, duration_ms, result, summary, numbers)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    row.kind,
+                    row.started,
+                    row.duration_ms as i64,
+                    row.result,
+                    row.summary,
+                    row.numbers
+                ],
+            )
+            .map(drop)
+            .map_err(sql)
+    }
+
+    /// The latest finished run of job `kind`.
+    pub fn last_job(&self, kind: &str) -> Result<Option<JobRow>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT kind, started, duration_ms, result, summary, numbers FROM jobs
+                 WHERE kind = ?1 ORDER BY started DESC, id DESC LIMIT 1",
+                [kind],
+                |r| {
+                    Ok(JobRow {
+                        kind: r.get(0)?,
+                        started: r.get(1)?,
+                        duration_ms: r.get::<_, i64>(2)?.max(0) as u64,
+                        result: r.get(3)?,
+                        summary: r.get(4)?,
+                        numbers: r.get(5)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql)
+    }
+
+    /// A number kept in the `meta` table (e.g. the check rotation).
+    pub fn meta(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(sql)
+    }
+
+    pub fn set_meta(&mut self, key: &str, value: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(drop)
+            .map_err(sql)
+    }
+}
+
+fn running_jobs(conn: &Connection) -> Result<Vec<RunningJob>, StoreError> {
+    let mut st = conn
+        .prepare("SELECT kind, pid, pid_start, started FROM running_jobs ORDER BY kind")
+        .map_err(sql)?;
+    let rows = st
+        .query_map([], |r| {
+            Ok(RunningJob {
+                kind: r.get(0)?,
+                pid: r.get(1)?,
+                pid_start: r.get::<_, i64>(2)? as u64,
+                started: r.get(3)?,
+            })
+        })
+        .map_err(sql)?;
+    rows.collect::<Result<_, _>>().map_err(sql)
+}
+
 fn sessions(conn: &Connection) -> Result<Vec<SessionRow>, StoreError> {
     let mut st = conn
         .prepare("SELECT id, generation, pid, pid_start, what FROM sessions")
@@ -926,5 +1124,43 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_version_3_index_gains_the_jobs_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let v3 = SCHEMA.split("CREATE TABLE jobs").next().unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(&format!("{v3} PRAGMA user_version = 3;"))
+            .unwrap();
+        let mut index = Index::open(&path, false).unwrap();
+        let version: i64 = index
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(index.last_job("gc").unwrap(), None);
+        let row = JobRow {
+            kind: "gc".into(),
+            started: 100,
+            duration_ms: 5,
+            result: "ok".into(),
+            summary: "s".into(),
+            numbers: "{}".into(),
+        };
+        index.record_job(&row).unwrap();
+        assert_eq!(index.last_job("gc").unwrap(), Some(row));
+        // A version-1 index goes through every step.
+        let path = dir.path().join("v1.sqlite");
+        let v1 = SCHEMA.split("CREATE TABLE meta").next().unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(&format!("{v1} PRAGMA user_version = 1;"))
+            .unwrap();
+        let index = Index::open(&path, false).unwrap();
+        assert!(index.running_jobs().unwrap().is_empty());
+        assert_eq!(index.sessions().unwrap(), vec![]);
     }
 }

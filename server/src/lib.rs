@@ -10,6 +10,7 @@ pub mod check;
 pub mod config;
 pub mod gc;
 pub mod index;
+pub mod jobs;
 pub mod pack;
 pub mod retention;
 pub mod serve_config;

@@ -8,12 +8,15 @@
 //! `[retention]` holds the default retention [`Policy`] (see
 //! [`crate::retention`]) and `[retention.machines."NAME"]` per-machine
 //! overrides; an override replaces the default for its machine wholesale.
+//! `[jobs]` says how often the server runs retention, garbage collection
+//! and a rotating data check (see [`crate::jobs`]).
 //! The same text is in `examples/server.toml`:
 //!
 //! ```toml
 #![doc = include_str!("../../examples/server.toml")]
 //! ```
 
+use crate::jobs::{self, JobsConfig};
 use crate::retention::{Policy, Retention};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -79,6 +82,8 @@ pub struct ServeConfig {
     pub session_expiry_hours: u64,
     /// The retention policies (`[retention]`); none by default.
     pub retention: Retention,
+    /// When the server runs its jobs (`[jobs]`).
+    pub jobs: JobsConfig,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +97,17 @@ struct Raw {
     idle_timeout_secs: Option<u64>,
     session_expiry_hours: Option<u64>,
     retention: Option<RawRetention>,
+    jobs: Option<RawJobs>,
+}
+
+/// `[jobs]`: intervals as text (`"1h"`, `"7d"`, `"off"`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    retention_every: Option<String>,
+    gc_every: Option<String>,
+    check_every: Option<String>,
+    check_subset_parts: Option<u32>,
 }
 
 /// `[retention]`: the default policy's fields, and `machines`. (serde's
@@ -124,6 +140,7 @@ impl ServeConfig {
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             session_expiry_hours: DEFAULT_SESSION_EXPIRY_HOURS,
             retention: Retention::default(),
+            jobs: JobsConfig::default(),
         }
     }
 
@@ -221,6 +238,34 @@ impl ServeConfig {
                 config.retention.machines.insert(name, policy);
             }
         }
+        if let Some(j) = raw.jobs {
+            for (field, value, slot) in [
+                (
+                    "jobs.retention_every",
+                    j.retention_every,
+                    &mut config.jobs.retention_every,
+                ),
+                ("jobs.gc_every", j.gc_every, &mut config.jobs.gc_every),
+                (
+                    "jobs.check_every",
+                    j.check_every,
+                    &mut config.jobs.check_every,
+                ),
+            ] {
+                if let Some(text) = value {
+                    *slot = jobs::parse_interval(&text).map_err(|e| invalid(field, &e))?;
+                }
+            }
+            if let Some(n) = j.check_subset_parts {
+                if n == 0 {
+                    return Err(invalid(
+                        "jobs.check_subset_parts",
+                        "must be at least 1 (1 reads every pack in each check)",
+                    ));
+                }
+                config.jobs.check_subset_parts = n;
+            }
+        }
         Ok(config)
     }
 
@@ -281,6 +326,7 @@ mod tests {
                 idle_timeout_secs: 5,
                 session_expiry_hours: 1,
                 retention: Retention::default(),
+                jobs: JobsConfig::default(),
             }
         );
     }
@@ -323,6 +369,30 @@ mod tests {
             "last 3, daily 7, weekly 5, monthly 12, yearly 3, within 2d, tags keep"
         );
         assert_eq!(r.policy_for("build-server").unwrap().to_string(), "last 10");
+        assert_eq!(
+            c.jobs,
+            JobsConfig {
+                retention_every: Some(Duration::from_secs(3600)),
+                gc_every: Some(Duration::from_secs(86_400)),
+                check_every: Some(Duration::from_secs(7 * 86_400)),
+                check_subset_parts: 4,
+            }
+        );
+    }
+
+    #[test]
+    fn jobs_intervals() {
+        let c = parse("store = \"/s\"\n").unwrap();
+        assert_eq!(c.jobs, JobsConfig::default());
+        let c = parse(
+            "store = \"/s\"\n[jobs]\nretention_every = \"30m\"\ngc_every = \"off\"\n\
+             check_every = \"1s\"\ncheck_subset_parts = 1\n",
+        )
+        .unwrap();
+        assert_eq!(c.jobs.retention_every, Some(Duration::from_secs(1800)));
+        assert_eq!(c.jobs.gc_every, None);
+        assert_eq!(c.jobs.check_every, Some(Duration::from_secs(1)));
+        assert_eq!(c.jobs.check_subset_parts, 1);
     }
 
     #[test]
@@ -391,6 +461,20 @@ mod tests {
                 "store = \"/s\"\n[retention.machines.\"\"]\nkeep_last = 1",
                 "retention.machines",
             ),
+            ("store = \"/s\"\n[jobs]\ngc_every = \"0s\"", "jobs.gc_every"),
+            (
+                "store = \"/s\"\n[jobs]\ncheck_every = \"weekly\"",
+                "jobs.check_every",
+            ),
+            (
+                "store = \"/s\"\n[jobs]\nretention_every = 3600",
+                "retention_every",
+            ),
+            (
+                "store = \"/s\"\n[jobs]\ncheck_subset_parts = 0",
+                "jobs.check_subset_parts",
+            ),
+            ("store = \"/s\"\n[jobs]\ngc_evry = \"1d\"", "gc_evry"),
         ] {
             let e = parse(text).unwrap_err();
             let msg = e.to_string();
