@@ -72,7 +72,7 @@ pub enum Command {
     Check(CheckArgs),
     /// Run the server: the store behind QUIC for a fleet of machines
     Serve(ServeArgs),
-    /// Manage machines and credentials of the store at --repo (on the server)
+    /// Manage machines, credentials and jobs of the store at --repo (on the server)
     #[command(subcommand)]
     Admin(AdminCommand),
     /// Save the server address, fingerprint and credential in the client config
@@ -190,6 +190,19 @@ pub enum AdminCommand {
         /// Hours the token stays valid
         #[arg(long, default_value_t = 72)]
         hours: u64,
+    },
+    /// The server's jobs: last run, duration, result and numbers of each kind
+    Jobs,
+    /// Run a server job now on the store (refused while one of its kind runs)
+    RunJob {
+        /// retention (apply the config's [retention]), gc, or check (read
+        /// the next part of the data in the rotation)
+        #[arg(value_parser = ["retention", "gc", "check"])]
+        kind: String,
+        /// Server config file with the [retention] policies and [jobs]
+        /// settings (its store is used when --repo is not given)
+        #[arg(long = "server-config", value_name = "FILE")]
+        server_config: Option<PathBuf>,
     },
 }
 

@@ -3,6 +3,7 @@
 
 mod check;
 mod cli;
+mod jobs;
 mod output;
 mod progress_bar;
 mod serve;
@@ -456,6 +457,11 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         }
         Command::Check(a) => check::run(cli, a, &out),
         Command::Serve(a) => serve::run(cli, a, &out),
+        Command::Admin(AdminCommand::Jobs) => jobs::list(cli, &out),
+        Command::Admin(AdminCommand::RunJob {
+            kind,
+            server_config,
+        }) => jobs::run(cli, kind, server_config.as_deref(), &out),
         Command::Admin(cmd) => {
             let store_dir = cli.repo.clone().unwrap_or_else(default_repo);
             if !store_dir.join("config").exists() {
@@ -480,6 +486,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
                     )?;
                     out.credential(machine, "restore", &token);
                 }
+                AdminCommand::Jobs | AdminCommand::RunJob { .. } => unreachable!("handled above"),
             }
             Ok(exit::OK)
         }

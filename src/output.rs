@@ -6,6 +6,7 @@ use homesync_client::backup::BackupReport;
 use homesync_client::browse::Change;
 use homesync_client::restore::RestoreReport;
 use homesync_protocol::{Node, NodeKind, Snapshot, SnapshotId, Timestamp};
+use homesync_server::jobs::{JobReport, JobStatus};
 use homesync_server::retention::Decision;
 use serde_json::{Map, Value, json};
 use std::io::Write;
@@ -64,6 +65,21 @@ pub fn format_time(t: Timestamp) -> String {
         secs / 60 % 60,
         secs % 60
     )
+}
+
+/// A finished job as one JSON line (`message_type` `job`).
+fn job_json(r: &JobReport) -> Value {
+    let numbers: Map<String, Value> = r
+        .numbers
+        .iter()
+        .map(|(n, v)| (n.to_string(), Value::from(*v)))
+        .collect();
+    json!({
+        "message_type": "job", "kind": r.kind.as_str(), "started": r.started_ms / 1000,
+        "started_utc": format_time(Timestamp { sec: r.started_ms / 1000, nsec: 0 }),
+        "duration_s": r.duration.as_secs_f64(), "result": r.result.as_str(),
+        "summary": r.summary, "numbers": numbers,
+    })
 }
 
 fn mode_string(n: &Node) -> String {
@@ -261,6 +277,83 @@ impl Out {
                 kib(r.bytes_received),
                 kib(r.bytes_sent)
             );
+        }
+    }
+
+    /// A job the server's scheduler finished: a JSON line with `--json`
+    /// (without, the job has logged its result already).
+    pub fn server_job(&self, r: &JobReport) {
+        if self.json {
+            self.line(job_json(r));
+        }
+    }
+
+    /// The result of `homesync admin run-job`.
+    pub fn job(&self, r: &JobReport) {
+        if self.json {
+            self.line(job_json(r));
+        } else {
+            println!(
+                "{}: {} in {:.1} s: {}",
+                r.kind,
+                r.result.as_str(),
+                r.duration.as_secs_f64(),
+                r.summary
+            );
+        }
+    }
+
+    /// `homesync admin jobs`: the latest run of each kind, and any running now.
+    pub fn jobs(&self, all: &[JobStatus]) {
+        for (kind, last, running) in all {
+            if self.json {
+                let mut v = match last {
+                    Some(row) => json!({
+                        "message_type": "job", "kind": kind.as_str(),
+                        "started": row.started_ms / 1000,
+                        "started_utc": format_time(Timestamp { sec: row.started_ms / 1000, nsec: 0 }),
+                        "duration_s": row.duration_ms as f64 / 1000.0,
+                        "result": row.result, "summary": row.summary,
+                        "numbers": serde_json::from_str::<Value>(&row.numbers).unwrap_or(Value::Null),
+                    }),
+                    None => json!({
+                        "message_type": "job", "kind": kind.as_str(), "started": null,
+                        "started_utc": null, "duration_s": null, "result": null,
+                        "summary": null, "numbers": {},
+                    }),
+                };
+                v["running"] = match running {
+                    Some(r) => json!({"pid": r.pid, "since": r.started}),
+                    None => Value::Null,
+                };
+                self.line(v);
+            } else {
+                match last {
+                    Some(row) => println!(
+                        "{:<9}  {} UTC  {:>8.1} s  {:<6}  {}",
+                        kind.as_str(),
+                        format_time(Timestamp {
+                            sec: row.started_ms / 1000,
+                            nsec: 0
+                        }),
+                        row.duration_ms as f64 / 1000.0,
+                        row.result,
+                        row.summary
+                    ),
+                    None => println!("{:<9}  never run", kind.as_str()),
+                }
+                if let Some(r) = running {
+                    println!(
+                        "{:<9}  running since {} UTC (process {})",
+                        "",
+                        format_time(Timestamp {
+                            sec: r.started,
+                            nsec: 0
+                        }),
+                        r.pid
+                    );
+                }
+            }
         }
     }
 

@@ -6,6 +6,7 @@ use crate::{default_repo, exit};
 use anyhow::Context;
 use homesync_protocol::{ChunkerParams, StoreError};
 use homesync_server::auth::Auth;
+use homesync_server::jobs;
 use homesync_server::serve_config::ServeConfig;
 use homesync_server::service::{self, Identity, Limits, Service};
 use homesync_server::{OpenOptions, Store};
@@ -14,6 +15,8 @@ use std::time::Duration;
 
 /// How long open sessions may take to finish after a shutdown signal.
 const GRACE: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for a running job before abandoning it.
+const JOB_GRACE: Duration = Duration::from_secs(1);
 
 pub fn run(cli: &Cli, args: &ServeArgs, out: &Out) -> anyhow::Result<u8> {
     let mut cfg = match &args.server_config {
@@ -58,11 +61,26 @@ pub fn run(cli: &Cli, args: &ServeArgs, out: &Out) -> anyhow::Result<u8> {
     let local = endpoint.local_addr().context("reading the bound address")?;
     out.listening(&local, &identity.fingerprint(), &cfg.store);
     let reporter = out.clone();
+    let store = Arc::new(store);
     let svc = Arc::new(
-        Service::new(Arc::new(store), Arc::new(auth), limits.max_connections)
+        Service::new(store.clone(), Arc::new(auth), limits.max_connections)
             .on_session_end(move |r| reporter.session(r)),
     );
+    // The jobs run beside the service until shutdown; a job still running
+    // then is abandoned (every job is crash-safe), not waited for.
+    let (stop_jobs, jobs_stopped) = tokio::sync::oneshot::channel::<()>();
+    let reporter = out.clone();
+    runtime.spawn(jobs::schedule(
+        store,
+        Arc::new(cfg),
+        move |r| reporter.server_job(r),
+        async {
+            let _ = jobs_stopped.await;
+        },
+    ));
     runtime.block_on(svc.run(endpoint, shutdown_signal(), GRACE));
+    let _ = stop_jobs.send(());
+    runtime.shutdown_timeout(JOB_GRACE);
     out.note("server stopped");
     Ok(exit::OK)
 }

@@ -56,13 +56,13 @@ CREATE TABLE pack_claims(
 CREATE TABLE jobs(
     id INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
-    started INTEGER NOT NULL,
+    started_ms INTEGER NOT NULL,
     duration_ms INTEGER NOT NULL,
     result TEXT NOT NULL,
     summary TEXT NOT NULL,
     numbers TEXT NOT NULL
 );
-CREATE INDEX jobs_by_kind ON jobs(kind, started);
+CREATE INDEX jobs_by_kind ON jobs(kind, started_ms);
 CREATE TABLE running_jobs(
     kind TEXT PRIMARY KEY NOT NULL,
     pid INTEGER NOT NULL,
@@ -106,13 +106,13 @@ const MIGRATE_3_TO_4: &str = "
 CREATE TABLE jobs(
     id INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
-    started INTEGER NOT NULL,
+    started_ms INTEGER NOT NULL,
     duration_ms INTEGER NOT NULL,
     result TEXT NOT NULL,
     summary TEXT NOT NULL,
     numbers TEXT NOT NULL
 );
-CREATE INDEX jobs_by_kind ON jobs(kind, started);
+CREATE INDEX jobs_by_kind ON jobs(kind, started_ms);
 CREATE TABLE running_jobs(
     kind TEXT PRIMARY KEY NOT NULL,
     pid INTEGER NOT NULL,
@@ -803,8 +803,8 @@ impl Index {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobRow {
     pub kind: String,
-    /// Unix seconds (UTC).
-    pub started: i64,
+    /// Unix milliseconds (UTC).
+    pub started_ms: i64,
     pub duration_ms: u64,
     /// `ok`, `damage` (a check that found damage) or `error`.
     pub result: String,
@@ -888,11 +888,11 @@ impl Index {
     pub fn record_job(&mut self, row: &JobRow) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT INTO jobs(kind, started, duration_ms, result, summary, numbers)
+                "INSERT INTO jobs(kind, started_ms, duration_ms, result, summary, numbers)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     row.kind,
-                    row.started,
+                    row.started_ms,
                     row.duration_ms as i64,
                     row.result,
                     row.summary,
@@ -907,13 +907,13 @@ impl Index {
     pub fn last_job(&self, kind: &str) -> Result<Option<JobRow>, StoreError> {
         self.conn
             .query_row(
-                "SELECT kind, started, duration_ms, result, summary, numbers FROM jobs
-                 WHERE kind = ?1 ORDER BY started DESC, id DESC LIMIT 1",
+                "SELECT kind, started_ms, duration_ms, result, summary, numbers FROM jobs
+                 WHERE kind = ?1 ORDER BY started_ms DESC, id DESC LIMIT 1",
                 [kind],
                 |r| {
                     Ok(JobRow {
                         kind: r.get(0)?,
-                        started: r.get(1)?,
+                        started_ms: r.get(1)?,
                         duration_ms: r.get::<_, i64>(2)?.max(0) as u64,
                         result: r.get(3)?,
                         summary: r.get(4)?,
@@ -1144,7 +1144,7 @@ mod tests {
         assert_eq!(index.last_job("gc").unwrap(), None);
         let row = JobRow {
             kind: "gc".into(),
-            started: 100,
+            started_ms: 100_000,
             duration_ms: 5,
             result: "ok".into(),
             summary: "s".into(),

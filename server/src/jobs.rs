@@ -207,8 +207,8 @@ impl JobResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobReport {
     pub kind: JobKind,
-    /// Unix seconds.
-    pub started: i64,
+    /// Unix milliseconds.
+    pub started_ms: i64,
     pub duration: Duration,
     pub result: JobResult,
     pub summary: String,
@@ -238,7 +238,7 @@ impl JobReport {
     fn row(&self) -> JobRow {
         JobRow {
             kind: self.kind.as_str().into(),
-            started: self.started,
+            started_ms: self.started_ms,
             duration_ms: self.duration.as_millis() as u64,
             result: self.result.as_str().into(),
             summary: self.summary.clone(),
@@ -250,10 +250,10 @@ impl JobReport {
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error(
-        "the {kind} job cannot start: {} job is running (process {}, since unix time {})",
-        if running.kind == kind.as_str() { format!("a {kind}") } else { format!("a {}", running.kind) },
+        "the {kind} job cannot start: a {} job is running (process {}, started {} s ago); try again when it is done",
+        running.kind,
         running.pid,
-        running.started
+        (unix_now() - running.started).max(0)
     )]
     Running { kind: JobKind, running: RunningJob },
     #[error(transparent)]
@@ -306,11 +306,12 @@ pub fn lock(store: &Store, kind: JobKind) -> Result<JobLock<'_>, JobError> {
     }
 }
 
+/// A kind, its latest finished run, and the live process running it now.
+pub type JobStatus = (JobKind, Option<JobRow>, Option<RunningJob>);
+
 /// The latest finished run of each kind, and the live process running it
 /// now, if any.
-pub fn status(
-    store: &Store,
-) -> Result<Vec<(JobKind, Option<JobRow>, Option<RunningJob>)>, StoreError> {
+pub fn status(store: &Store) -> Result<Vec<JobStatus>, StoreError> {
     let index = store.index();
     let running = index.running_jobs()?;
     JobKind::ALL
@@ -336,7 +337,7 @@ pub fn run_job(
     now: Timestamp,
 ) -> Result<JobReport, JobError> {
     let _lock = lock(store, kind)?;
-    let started = unix_now();
+    let started_ms = unix_now_ms();
     let clock = Instant::now();
     tracing::info!("job {kind}: started");
     let outcome = match kind {
@@ -350,7 +351,7 @@ pub fn run_job(
     };
     let report = JobReport {
         kind,
-        started,
+        started_ms,
         duration: clock.elapsed(),
         result,
         summary,
@@ -608,7 +609,7 @@ fn last_finished(store: &Store) -> Result<BTreeMap<JobKind, i64>, StoreError> {
     let mut out = BTreeMap::new();
     for k in JobKind::ALL {
         if let Some(row) = index.last_job(k.as_str())? {
-            out.insert(k, row.started * 1000 + row.duration_ms as i64);
+            out.insert(k, row.started_ms + row.duration_ms as i64);
         }
     }
     Ok(out)
@@ -654,10 +655,7 @@ pub async fn schedule(
                         sec: unix_now(),
                         nsec: 0,
                     };
-                    run_job(&s, kind, &c, now).map(|r| {
-                        done(&r);
-                        r
-                    })
+                    run_job(&s, kind, &c, now).inspect(|r| done(r))
                 });
                 match run.await {
                     Ok(Ok(_)) => {}

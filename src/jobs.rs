@@ -1,0 +1,48 @@
+//! `homesync admin jobs` and `homesync admin run-job`: the server's jobs on
+//! the store at --repo (or the server config's store).
+
+use crate::exit;
+use crate::output::Out;
+use crate::{cli::Cli, default_repo};
+use anyhow::Context;
+use homesync_protocol::StoreError;
+use homesync_server::jobs::{self, JobError, JobKind, JobResult};
+use homesync_server::serve_config::ServeConfig;
+use homesync_server::{OpenOptions, Store};
+use std::path::Path;
+
+fn open(dir: &Path) -> anyhow::Result<Store> {
+    Store::open(dir, OpenOptions::default())
+        .with_context(|| format!("opening store {}", dir.display()))
+}
+
+pub fn list(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
+    let store = open(&cli.repo.clone().unwrap_or_else(default_repo))?;
+    out.jobs(&jobs::status(&store)?);
+    Ok(exit::OK)
+}
+
+pub fn run(cli: &Cli, kind: &str, config: Option<&Path>, out: &Out) -> anyhow::Result<u8> {
+    let kind = JobKind::parse(kind).expect("clap checked the kind");
+    let cfg = match config {
+        Some(path) => ServeConfig::load(path)?,
+        None => ServeConfig::with_store(cli.repo.clone().unwrap_or_else(default_repo)),
+    };
+    let dir = cli.repo.clone().unwrap_or_else(|| cfg.store.clone());
+    if !dir.join("config").exists() {
+        return Err(StoreError::NotFound(dir.display().to_string()).into());
+    }
+    let store = open(&dir)?;
+    let now = crate::policy_clock()?;
+    let report = match jobs::run_job(&store, kind, &cfg, now) {
+        Ok(r) => r,
+        Err(JobError::Store(e)) => return Err(e.into()),
+        Err(e) => return Err(anyhow::anyhow!("{e}")),
+    };
+    out.job(&report);
+    Ok(match report.result {
+        JobResult::Ok => exit::OK,
+        JobResult::Damage => exit::CORRUPT,
+        JobResult::Error => exit::ERROR,
+    })
+}
