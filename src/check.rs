@@ -6,6 +6,7 @@ use crate::exit;
 use crate::output::Out;
 use homesync_client::ClientError;
 use homesync_server::check::{self, CheckOptions, CheckProgress, Stage, Subset};
+use homesync_server::jobs::{JobError, JobKind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -18,8 +19,8 @@ pub fn run(cli: &Cli, a: &CheckArgs, out: &Out) -> anyhow::Result<u8> {
         if let Some(server) = server {
             return Err(ClientError::Usage(format!(
                 "check runs on the store itself, not over the network: on the server of \
-                 {server}, run `homesync --repo STORE check` (a check the server runs as a \
-                 job is planned); pass --repo to check a local store"
+                 {server}, run `homesync --repo STORE check` (the server also checks a part of \
+                 its data on its [jobs] schedule); pass --repo to check a local store"
             ))
             .into());
         }
@@ -33,6 +34,17 @@ pub fn run(cli: &Cli, a: &CheckArgs, out: &Out) -> anyhow::Result<u8> {
         subset,
     };
     let store = crate::open_store(cli, false, out)?;
+    // Not beside a garbage collection, which could delete a pack between
+    // the listings and make it look missing. A store this user cannot
+    // write (read-only media) is checked without the lock.
+    let _lock = match homesync_server::jobs::lock(&store, JobKind::Check) {
+        Ok(lock) => Some(lock),
+        Err(JobError::Store(e)) => {
+            tracing::warn!("checking without the job lock: {e}");
+            None
+        }
+        Err(e) => return Err(anyhow::anyhow!("{e}")),
+    };
     let progress = Arc::new(CheckProgress::default());
     let p = progress.clone();
     let bar = crate::progress_bar::start_with(!cli.json, move || {

@@ -22,6 +22,14 @@ pub fn list(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// Takes the job lock of `kind` for a hand-run `homesync gc` or `check`.
+pub fn lock(store: &Store, kind: JobKind) -> anyhow::Result<jobs::JobLock<'_>> {
+    jobs::lock(store, kind).map_err(|e| match e {
+        JobError::Store(e) => anyhow::Error::from(e),
+        e => anyhow::anyhow!("{e}"),
+    })
+}
+
 pub fn run(cli: &Cli, kind: &str, config: Option<&Path>, out: &Out) -> anyhow::Result<u8> {
     let kind = JobKind::parse(kind).expect("clap checked the kind");
     let cfg = match config {
@@ -34,11 +42,10 @@ pub fn run(cli: &Cli, kind: &str, config: Option<&Path>, out: &Out) -> anyhow::R
     }
     let store = open(&dir)?;
     let now = crate::policy_clock()?;
-    let report = match jobs::run_job(&store, kind, &cfg, now) {
-        Ok(r) => r,
-        Err(JobError::Store(e)) => return Err(e.into()),
-        Err(e) => return Err(anyhow::anyhow!("{e}")),
-    };
+    let report = jobs::run_job(&store, kind, &cfg, now).map_err(|e| match e {
+        JobError::Store(e) => anyhow::Error::from(e),
+        e => anyhow::anyhow!("{e}"),
+    })?;
     out.job(&report);
     Ok(match report.result {
         JobResult::Ok => exit::OK,

@@ -449,6 +449,8 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
                 )
                 .into());
             };
+            // Not beside a GC or check job (or another `homesync gc`/`check`).
+            let _lock = jobs::lock(&store, homesync_server::jobs::JobKind::Gc)?;
             let report = store.gc(&homesync_server::gc::GcOptions {
                 rewrite_below: *rewrite_below,
             })?;

@@ -204,6 +204,13 @@ fn a_running_job_refuses_a_second_start_from_another_process() {
         let msg = run.errors()[0]["error"].as_str().unwrap().to_string();
         assert!(msg.contains("a gc job is running"), "{msg}");
     }
+    // So are a hand-run `homesync gc` and `homesync check`.
+    for cmd in ["gc", "check"] {
+        let run = hs.run(args![cmd]);
+        run.expect_code(1);
+        let msg = run.errors()[0]["error"].as_str().unwrap().to_string();
+        assert!(msg.contains("a gc job is running"), "{cmd}: {msg}");
+    }
     // Listed as running.
     assert_eq!(listed(&hs, "gc")["running"]["pid"], me.0);
     // Retention does not conflict (and without a policy, does nothing).
