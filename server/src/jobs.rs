@@ -414,8 +414,12 @@ fn run_retention(store: &Store, cfg: &ServeConfig, now: Timestamp) -> Outcome {
                 d.time.sec,
                 d.reasons.join(", ")
             );
-            store.forget_snapshot(d.id)?;
-            removed += 1;
+            match store.forget_snapshot(d.id) {
+                Ok(()) => removed += 1,
+                // Forgotten meanwhile (by hand): gone either way.
+                Err(StoreError::NoSnapshot(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     let machines = by_machine.len() as u64;
