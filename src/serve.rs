@@ -68,18 +68,23 @@ pub fn run(cli: &Cli, args: &ServeArgs, out: &Out) -> anyhow::Result<u8> {
     );
     // The jobs run beside the service until shutdown; a job still running
     // then is abandoned (every job is crash-safe), not waited for.
-    let (stop_jobs, jobs_stopped) = tokio::sync::oneshot::channel::<()>();
+    // The signal stops both at once: no job starts during the grace period.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    runtime.spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
     let reporter = out.clone();
     runtime.spawn(jobs::schedule(
         store,
         Arc::new(cfg),
         move |r| reporter.server_job(r),
-        async {
-            let _ = jobs_stopped.await;
-        },
+        until_stopped(stopped.clone()),
     ));
-    runtime.block_on(svc.run(endpoint, shutdown_signal(), GRACE));
-    let _ = stop_jobs.send(());
+    runtime.block_on(svc.run(endpoint, until_stopped(stopped), GRACE));
     runtime.shutdown_timeout(JOB_GRACE);
     out.note("server stopped");
     Ok(exit::OK)
