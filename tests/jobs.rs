@@ -15,7 +15,8 @@ use homesync_server::{OpenOptions, Store};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 /// Commits, for each (machine, time), a snapshot of one file of its own
@@ -234,6 +235,30 @@ fn a_running_job_refuses_a_second_start_from_another_process() {
     hs.run(args!["admin", "run-job", "check"]).expect_ok();
 }
 
+/// `homesync --json serve --server-config CONFIG`, and its JSON lines.
+fn serve(config: &Path) -> (Child, Receiver<Value>) {
+    let mut child = Command::new(bin())
+        .args(["--json", "serve", "--server-config"])
+        .arg(config)
+        .env("HOMESYNC_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for l in out.lines() {
+            let Ok(l) = l else { break };
+            if let Ok(v) = serde_json::from_str(&l) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (child, rx)
+}
+
 #[test]
 fn serve_runs_the_jobs_on_its_schedule_and_stops_promptly() {
     let dir = tempfile::tempdir().unwrap();
@@ -254,25 +279,7 @@ fn serve_runs_the_jobs_on_its_schedule_and_stops_promptly() {
          [jobs]\nretention_every = \"1s\"\ngc_every = \"1s\"\ncheck_every = \"2s\"\n",
     )
     .unwrap();
-    let mut child = Command::new(bin())
-        .args(["--json", "serve", "--server-config"])
-        .arg(&config)
-        .env("HOMESYNC_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Value>();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for l in out.lines() {
-            let Ok(l) = l else { break };
-            if let Ok(v) = serde_json::from_str(&l) {
-                let _ = tx.send(v);
-            }
-        }
-    });
+    let (mut child, rx) = serve(&config);
     // Every kind runs, and the frequent ones run again.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut runs: Vec<Value> = Vec::new();
@@ -320,4 +327,23 @@ fn serve_runs_the_jobs_on_its_schedule_and_stops_promptly() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // Restarted with hourly jobs: they ran moments ago, so none runs now.
+    std::fs::write(
+        &config,
+        "store = \"store\"\nlisten = \"127.0.0.1:0\"\n\
+         [jobs]\nretention_every = \"1h\"\ngc_every = \"1h\"\ncheck_every = \"1h\"\n",
+    )
+    .unwrap();
+    let (mut child, rx) = serve(&config);
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut listening = false;
+    while let Ok(v) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+        assert_ne!(v["message_type"], "job", "ran again after a restart: {v}");
+        listening |= v["message_type"] == "listening";
+    }
+    assert!(listening);
+    assert!(child.try_wait().unwrap().is_none(), "the server stopped");
+    let _ = child.kill();
+    let _ = child.wait();
 }
