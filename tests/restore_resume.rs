@@ -177,3 +177,22 @@ fn a_target_without_room_stops_before_writing_and_resumes_once_there_is_room() {
     hs.restore("latest", &target, &[]).expect_ok();
     assert_same_listing("after making room", &mtree(&src), &mtree(&target));
 }
+
+#[test]
+fn a_chunk_many_files_share_is_fetched_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let client = server.client(&server.add_machine("laptop", false), tmp.path());
+    let src = tmp.path().join("src");
+    let same = random_bytes(9, 1 << 20);
+    for i in 0..20 {
+        write_file(&src.join(format!("copies/c{i}.iso")), &same);
+    }
+    client.backup(&src);
+    let target = tmp.path().join("home");
+    client.restore_latest(&target);
+    let sent = last_sent(&server, 2);
+    // Twenty files of the same mebibyte: one mebibyte on the wire, not 20.
+    assert!(sent < 3 << 20, "the server sent {sent} bytes");
+    assert_same_listing("copies", &mtree(&src), &mtree(&target));
+}

@@ -99,7 +99,32 @@ struct Restorer<'a> {
     errors: Mutex<Vec<EntryError>>,
     files: AtomicU64,
     bytes: AtomicU64,
+    /// Chunks several files of this restore use: fetched once, kept until
+    /// their last user has them (see [`Shared`]).
+    shared: Mutex<Shared>,
+    /// Signalled when a shared chunk's fetch ends.
+    fetched: std::sync::Condvar,
 }
+
+/// Chunks used more than once in a restore, with how many uses are left
+/// and, once fetched, their bytes (within [`SHARED_BUDGET`]).
+#[derive(Default)]
+struct Shared {
+    uses: std::collections::HashMap<ChunkId, (u32, SharedChunk)>,
+    bytes: usize,
+}
+
+#[derive(Clone, Default)]
+enum SharedChunk {
+    #[default]
+    Absent,
+    /// A worker is fetching it: the others wait for it.
+    Fetching,
+    Here(std::sync::Arc<Vec<u8>>),
+}
+
+/// Bytes of shared chunks kept at most; beyond it they are fetched again.
+const SHARED_BUDGET: usize = 256 << 20;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -289,8 +314,55 @@ impl Restorer<'_> {
     /// A chunk's bytes. Every `Repository` verifies what it returns against
     /// the id (the embedded store re-hashes on read; the remote one
     /// re-hashes what arrives), so hashing again here would only cost time.
+    ///
+    /// A chunk several files use is fetched once and handed to each.
     fn fetch(&self, id: ChunkId) -> Result<Vec<u8>, Fail> {
-        Ok(self.repo.get_blob(id.into(), BlobKind::Chunk)?)
+        let mut sh = self.shared.lock().expect("shared chunks");
+        loop {
+            let Shared { uses, bytes } = &mut *sh;
+            let Some((left, state)) = uses.get_mut(&id) else {
+                // Used once (or no longer kept): just fetch it.
+                drop(sh);
+                return Ok(self.repo.get_blob(id.into(), BlobKind::Chunk)?);
+            };
+            match state.clone() {
+                SharedChunk::Here(data) => {
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        *bytes -= data.len();
+                        uses.remove(&id);
+                    }
+                    return Ok(data.to_vec());
+                }
+                SharedChunk::Fetching => {
+                    sh = self.fetched.wait(sh).expect("shared chunks");
+                }
+                SharedChunk::Absent => {
+                    *state = SharedChunk::Fetching;
+                    drop(sh);
+                    let got = self.repo.get_blob(id.into(), BlobKind::Chunk);
+                    let mut sh = self.shared.lock().expect("shared chunks");
+                    let Shared { uses, bytes } = &mut *sh;
+                    if let Some((left, state)) = uses.get_mut(&id) {
+                        *left = left.saturating_sub(1);
+                        *state = SharedChunk::Absent;
+                        if *left == 0 {
+                            uses.remove(&id);
+                        } else if let Ok(data) = &got
+                            && *bytes + data.len() <= SHARED_BUDGET
+                        {
+                            *bytes += data.len();
+                            *state = SharedChunk::Here(std::sync::Arc::new(data.clone()));
+                        } else if got.is_ok() {
+                            // Over the budget: later users fetch it themselves.
+                            uses.remove(&id);
+                        }
+                    }
+                    self.fetched.notify_all();
+                    return Ok(got?);
+                }
+            }
+        }
     }
 
     fn write_contents(&self, file: &File, node: &Node) -> Result<u64, Fail> {
@@ -595,6 +667,8 @@ pub fn restore(
         errors: Mutex::new(Vec::new()),
         files: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
+        shared: Mutex::default(),
+        fetched: std::sync::Condvar::new(),
     };
     let mut items = Vec::new();
     r.plan(Vec::new(), snapshot.root.clone(), &filters, &mut items, 0);
@@ -677,6 +751,19 @@ pub fn restore(
         )
     });
     let split = todo.partition_point(|it| first_phase(&it.node, when));
+    {
+        let mut counts: std::collections::HashMap<ChunkId, u32> = Default::default();
+        for it in &todo {
+            for c in &it.node.chunks {
+                *counts.entry(*c).or_default() += 1;
+            }
+        }
+        r.shared.lock().expect("shared chunks").uses = counts
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(c, n)| (c, (n, SharedChunk::Absent)))
+            .collect();
+    }
     let (phase1, phase2) = todo.split_at(split);
     // More workers than cores: a worker mostly waits, for the disk or for a
     // chunk from the server (one round trip each), not for the CPU.
