@@ -196,3 +196,72 @@ fn a_chunk_many_files_share_is_fetched_once() {
     assert!(sent < 3 << 20, "the server sent {sent} bytes");
     assert_same_listing("copies", &mtree(&src), &mtree(&target));
 }
+
+/// A local user for the length of a test (removed on drop).
+struct User(&'static str);
+
+impl User {
+    fn create(name: &'static str, uid: u32) -> User {
+        let _ = std::process::Command::new("userdel").arg(name).status();
+        let ok = std::process::Command::new("useradd")
+            .args([
+                "--no-create-home",
+                "--uid",
+                &uid.to_string(),
+                "--user-group",
+                name,
+            ])
+            .status()
+            .expect("run useradd");
+        assert!(ok.success(), "useradd {name} (the tests run as root)");
+        User(name)
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel").arg(self.0).status();
+    }
+}
+
+#[test]
+fn owners_map_by_name_onto_the_new_machines_ids() {
+    use std::os::unix::fs::MetadataExt;
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let client = server.client(&server.add_machine("laptop", false), tmp.path());
+    let src = tmp.path().join("src");
+    write_file(&src.join("alice/notes.txt"), b"mine\n");
+    let old = User::create("hs-test-alice", 47101);
+    sh(
+        "chown",
+        &[
+            OsStr::new("-R"),
+            OsStr::new("hs-test-alice:hs-test-alice"),
+            src.join("alice").as_os_str(),
+        ],
+        None,
+    );
+    client.backup(&src);
+    // The replacement machine knows the same user under another uid.
+    drop(old);
+    let _new = User::create("hs-test-alice", 47202);
+    let target = tmp.path().join("home");
+    client.restore_latest(&target);
+    let m = std::fs::metadata(target.join("alice/notes.txt")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (47202, 47202));
+    // --numeric-ids keeps the recorded numbers.
+    let numeric = tmp.path().join("numeric");
+    client
+        .run(&[
+            OsStr::new("restore"),
+            OsStr::new("latest"),
+            OsStr::new("--numeric-ids"),
+            OsStr::new("--target"),
+            numeric.as_os_str(),
+        ])
+        .expect_ok();
+    let m = std::fs::metadata(numeric.join("alice/notes.txt")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (47101, 47101));
+}
