@@ -573,50 +573,70 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    /// Collects the items to restore, in pre-order.
+    /// Collects the items to restore, level by level (parents before
+    /// children), fetching each level's trees in parallel: over a network
+    /// each tree is a round trip, and a home has thousands.
     fn plan(
         &self,
-        rel: Vec<u8>,
-        node: Node,
+        workers: &rayon::ThreadPool,
+        root: Node,
         filters: &[Vec<Vec<u8>>],
         items: &mut Vec<Item>,
-        depth: usize,
     ) {
-        let (inside, above) = wanted(&rel, filters);
-        if !inside && !above {
-            return;
-        }
-        if depth > browse::MAX_DEPTH {
-            // Deeper than any path Linux can name: a hostile or broken store.
-            self.fail(
-                &rel,
-                Fail {
-                    msg: format!(
-                        "directories nested deeper than {} levels",
-                        browse::MAX_DEPTH
-                    ),
-                    corrupt: true,
-                },
-            );
-            return;
-        }
-        let sub = node.subtree;
-        if matches!(node.kind, NodeKind::File | NodeKind::Hardlink) {
-            self.progress.add_total(1, node.data_len());
-        }
-        items.push(Item {
-            rel: rel.clone(),
-            node,
-        });
-        if let Some(sub) = sub {
-            match browse::load_tree(self.repo, sub) {
-                Ok(tree) => {
-                    for child in tree.nodes {
-                        self.plan(join(&rel, &child.name), child, filters, items, depth + 1);
-                    }
+        let mut level: Vec<(Vec<u8>, Node)> = vec![(Vec::new(), root)];
+        let mut depth = 0;
+        while !level.is_empty() {
+            let mut dirs = Vec::new();
+            for (rel, node) in level {
+                let (inside, above) = wanted(&rel, filters);
+                if !inside && !above {
+                    continue;
                 }
-                Err(e) => self.fail(&rel, Fail::from(e)),
+                if depth > browse::MAX_DEPTH {
+                    // Deeper than any path Linux can name: a hostile or
+                    // broken store.
+                    self.fail(
+                        &rel,
+                        Fail {
+                            msg: format!(
+                                "directories nested deeper than {} levels",
+                                browse::MAX_DEPTH
+                            ),
+                            corrupt: true,
+                        },
+                    );
+                    continue;
+                }
+                if matches!(node.kind, NodeKind::File | NodeKind::Hardlink) {
+                    self.progress.add_total(1, node.data_len());
+                }
+                if let Some(sub) = node.subtree {
+                    dirs.push((rel.clone(), sub));
+                }
+                items.push(Item { rel, node });
             }
+            let trees: Vec<_> = workers.install(|| {
+                dirs.into_par_iter()
+                    .map(|(rel, sub)| {
+                        let tree = browse::load_tree(self.repo, sub);
+                        (rel, tree)
+                    })
+                    .collect()
+            });
+            level = Vec::new();
+            for (rel, tree) in trees {
+                match tree {
+                    Ok(tree) => {
+                        level.extend(
+                            tree.nodes
+                                .into_iter()
+                                .map(|child| (join(&rel, &child.name), child)),
+                        );
+                    }
+                    Err(e) => self.fail(&rel, Fail::from(e)),
+                }
+            }
+            depth += 1;
         }
     }
 }
@@ -671,7 +691,14 @@ pub fn restore(
         fetched: std::sync::Condvar::new(),
     };
     let mut items = Vec::new();
-    r.plan(Vec::new(), snapshot.root.clone(), &filters, &mut items, 0);
+    // More workers than cores: a worker mostly waits, for the disk or for a
+    // chunk from the server (one round trip each), not for the CPU.
+    let workers = rayon::ThreadPoolBuilder::new()
+        .num_threads(RESTORE_WORKERS)
+        .thread_name(|i| format!("restore-{i}"))
+        .build()
+        .map_err(|e| ClientError::Usage(format!("starting restore workers: {e}")))?;
+    r.plan(&workers, snapshot.root.clone(), &filters, &mut items);
 
     // 1. Directories, parents first.
     let mut bad_dirs: Vec<Vec<u8>> = Vec::new();
@@ -765,13 +792,6 @@ pub fn restore(
             .collect();
     }
     let (phase1, phase2) = todo.split_at(split);
-    // More workers than cores: a worker mostly waits, for the disk or for a
-    // chunk from the server (one round trip each), not for the CPU.
-    let workers = rayon::ThreadPoolBuilder::new()
-        .num_threads(RESTORE_WORKERS)
-        .thread_name(|i| format!("restore-{i}"))
-        .build()
-        .map_err(|e| ClientError::Usage(format!("starting restore workers: {e}")))?;
     r.restore_contents(&workers, phase1);
 
     // 3. Symlinks, special files and hardlinks (their targets now exist);
