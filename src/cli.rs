@@ -259,6 +259,11 @@ pub struct RestoreArgs {
     /// Keep recorded uid/gid numbers instead of mapping owner names
     #[arg(long)]
     pub numeric_ids: bool,
+    /// Create this file when the first phase is done (directories, small
+    /// and recent files, links): the user can log in while large old files
+    /// still arrive
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -404,6 +404,23 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
                     .map(|p| p.as_os_str().as_bytes().to_vec())
                     .collect(),
                 numeric_ids: a.numeric_ids,
+                on_ready: Some({
+                    let out = out.clone();
+                    let file = a.ready_file.clone();
+                    let started = std::time::Instant::now();
+                    Box::new(move |r: &restore::Ready| {
+                        if let Some(f) = &file {
+                            let text = format!(
+                                "first phase restored: {} entries, {} bytes; {} files, {} bytes to come\n",
+                                r.files, r.bytes, r.files_left, r.bytes_left
+                            );
+                            if let Err(e) = std::fs::write(f, text) {
+                                out.error(Some(f), &format!("writing the ready file: {e}"));
+                            }
+                        }
+                        out.ready(r, started.elapsed());
+                    })
+                }),
             };
             let progress = std::sync::Arc::new(Progress::default());
             let bar = progress_bar::start(&progress, !cli.json, "restoring");

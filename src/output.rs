@@ -362,19 +362,49 @@ impl Out {
             self.line(json!({
                 "message_type": "summary",
                 "files_restored": r.files, "bytes_restored": r.bytes,
+                "files_skipped": r.skipped, "bytes_skipped": r.skipped_bytes,
                 "errors": r.errors.len(), "seconds": took.as_secs_f64(),
             }));
         } else {
             println!(
-                "restored {} entries ({}) in {:.1} s{}",
+                "restored {} entries ({}){} in {:.1} s{}",
                 r.files,
                 mib(r.bytes),
+                if r.skipped > 0 {
+                    format!(
+                        ", {} files ({}) already in place",
+                        r.skipped,
+                        mib(r.skipped_bytes)
+                    )
+                } else {
+                    String::new()
+                },
                 took.as_secs_f64(),
                 if r.errors.is_empty() {
                     String::new()
                 } else {
                     format!("; {} failed", r.errors.len())
                 }
+            );
+        }
+    }
+
+    /// The first phase of a restore is done.
+    pub fn ready(&self, r: &homesync_client::restore::Ready, after: Duration) {
+        if self.json {
+            self.line(json!({
+                "message_type": "ready",
+                "files": r.files, "bytes": r.bytes,
+                "files_left": r.files_left, "bytes_left": r.bytes_left,
+                "seconds": after.as_secs_f64(),
+            }));
+        } else {
+            eprintln!(
+                "ready after {:.1} s: {} entries in place; {} files ({}) still to come",
+                after.as_secs_f64(),
+                r.files,
+                r.files_left,
+                mib(r.bytes_left)
             );
         }
     }

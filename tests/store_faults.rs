@@ -4,42 +4,6 @@
 mod common;
 
 use common::*;
-use std::path::Path;
-use std::process::Command;
-
-/// A size-limited tmpfs, unmounted on drop.
-struct SmallFs {
-    dir: tempfile::TempDir,
-}
-
-impl SmallFs {
-    fn mount(size: &str) -> SmallFs {
-        let dir = tempfile::Builder::new()
-            .prefix("homesync-smallfs-")
-            .tempdir()
-            .unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(
-            ok.success(),
-            "mounting a {size} tmpfs failed (the tests run as root)"
-        );
-        SmallFs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
 
 #[test]
 fn a_full_disk_fails_clearly_and_keeps_the_store_consistent() {

@@ -4,7 +4,7 @@
 use crate::base::{ParentTrees, PreviousVersion};
 use crate::error::{ClientError, EntryError};
 use crate::exclude::Excludes;
-use crate::filecache::{Cached, FileCache, Known, SignatureCache};
+use crate::filecache::{Cached, FileCache, KEEP_SIGNATURES, Known, SignatureCache};
 use crate::meta;
 use crate::owners::Owners;
 use crate::progress::Progress;
@@ -138,7 +138,9 @@ struct Pipeline<'a> {
     signatures: Option<&'a SignatureCache>,
     /// Signatures of chunks uploaded for changed files: they are the
     /// likeliest bases of the next backup's deltas.
-    new_signatures: Mutex<Vec<(ChunkId, Vec<u8>)>>,
+    /// At most [`KEEP_SIGNATURES`], the newest: a file rewritten
+    /// throughout must not fill memory with them.
+    new_signatures: Mutex<std::collections::VecDeque<(ChunkId, Vec<u8>)>>,
 }
 
 fn now() -> Timestamp {
@@ -203,10 +205,9 @@ impl Pipeline<'_> {
         ids: &[ChunkId],
         missing: &[usize],
     ) -> HashMap<usize, (ChunkId, delta::Signature)> {
-        let all: Vec<ChunkId> = before.iter().chain(ids).copied().collect();
         let wanted: Vec<(usize, ChunkId)> = missing
             .iter()
-            .filter_map(|&i| Some((i, previous.base_for(&all, before.len() + i)?)))
+            .filter_map(|&i| Some((i, previous.base_for(before, ids, before.len() + i)?)))
             .collect();
         let mut sigs: HashMap<ChunkId, Vec<u8>> = HashMap::new();
         for (_, base) in &wanted {
@@ -313,10 +314,12 @@ impl Pipeline<'_> {
                 self.counters.bytes_added.fetch_add(len as u64, Relaxed);
             }
             if previous.is_some() && piece.len() >= MIN_DELTA_CHUNK {
-                self.new_signatures
-                    .lock()
-                    .expect("signatures")
-                    .push((id, delta::signature(piece)));
+                let sig = delta::signature(piece);
+                let mut kept = self.new_signatures.lock().expect("signatures");
+                if kept.len() == KEEP_SIGNATURES {
+                    kept.pop_front();
+                }
+                kept.push_back((id, sig));
             }
         }
         Ok(ids)
@@ -783,7 +786,11 @@ fn backup_once(
     let id = repo.commit_snapshot(&snapshot)?;
     tracing::info!("committed at {:?}", timer.elapsed());
 
-    let signatures = pipeline.new_signatures.into_inner().expect("signatures");
+    let signatures: Vec<_> = pipeline
+        .new_signatures
+        .into_inner()
+        .expect("signatures")
+        .into();
     if let Some(cache) = &mut cache {
         // Only files that were stable while read, and whose ctime is safely
         // before the backup started (a change within the same timestamp
@@ -935,20 +942,21 @@ fn build_trees(
         // A directory that changed a little (a file added, one mtime) goes
         // as a delta against its tree in the parent snapshot: a large
         // directory's tree is mostly chunk ids, which do not compress.
-        let as_delta = (p.deltas && blob.len() > MIN_DELTA_TREE)
-            .then(|| p.parent.tree_at(&scan.dirs[*d].rel))
-            .flatten()
-            .and_then(|(base, base_bytes)| {
-                let sig = delta::parse_signature(delta::signature(&base_bytes)).ok()?;
-                p.put_as_delta(
-                    (*id).into(),
-                    BlobKind::Tree,
-                    base.into(),
-                    &sig,
-                    bytes,
-                    blob.len(),
-                )
-            });
+        let as_delta =
+            (p.deltas && blob.len() > MIN_DELTA_TREE && bytes.len() <= delta::MAX_TREE_OUTPUT)
+                .then(|| p.parent.tree_at(&scan.dirs[*d].rel))
+                .flatten()
+                .and_then(|(base, base_bytes)| {
+                    let sig = delta::parse_signature(delta::signature(&base_bytes)).ok()?;
+                    p.put_as_delta(
+                        (*id).into(),
+                        BlobKind::Tree,
+                        base.into(),
+                        &sig,
+                        bytes,
+                        blob.len(),
+                    )
+                });
         let stored = match as_delta {
             Some(stored) => stored,
             None => p.repo.put_blob((*id).into(), BlobKind::Tree, &blob)?,

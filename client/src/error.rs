@@ -20,6 +20,15 @@ pub enum ClientError {
     Cache { path: PathBuf, why: String },
     #[error("{0}")]
     Usage(String),
+    #[error(
+        "{}: not enough space: the restore needs {} MiB more, {} MiB are free; free some and run the same command again (it resumes)",
+        path.display(), needed.div_ceil(1 << 20), free >> 20
+    )]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        free: u64,
+    },
 }
 
 impl ClientError {

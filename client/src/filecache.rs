@@ -7,7 +7,7 @@
 //! updated after a snapshot is committed, and is disposable: if it is
 //! damaged it is recreated and the next backup simply reads more.
 //!
-//! Two more things live here:
+//! Three more things live here:
 //! - the store *generation* each entry was learnt in: once the store's
 //!   generation moves on (garbage collection), a cached chunk list is no
 //!   longer proof that the store holds those chunks, and the backup asks
@@ -108,7 +108,7 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 
 /// Signatures kept at most (about 12 KiB each for 1 MiB chunks): the
 /// chunks of files that changed lately, the likeliest to change again.
-const KEEP_SIGNATURES: i64 = 4096;
+pub const KEEP_SIGNATURES: usize = 4096;
 
 /// Delta signatures of chunks this client uploaded, by chunk id. Reads go
 /// through their own connection so the backup workers can share it.
@@ -176,7 +176,7 @@ impl FileCache {
             // An older layout: the cache is disposable, start afresh.
             conn.execute_batch(&format!(
                 "BEGIN; DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS signatures;
-                 DROP TABLE IF EXISTS meta; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                 DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS trees; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))
             .map_err(&e)?;
         }
@@ -322,7 +322,7 @@ impl FileCache {
         tx.execute(
             "DELETE FROM signatures WHERE chunk IN
              (SELECT chunk FROM signatures ORDER BY run DESC LIMIT -1 OFFSET ?1)",
-            [KEEP_SIGNATURES],
+            [KEEP_SIGNATURES as i64],
         )
         .map_err(&e)?;
         tx.execute(

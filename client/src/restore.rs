@@ -2,6 +2,13 @@
 //! parallel (temporary name, then rename) -> links and special files ->
 //! directory metadata last, deepest first.
 //!
+//! Ordered for use: small and recently modified files first, then the
+//! ready point (`on_ready`: the installer may let the user log in), then
+//! large old files. Resumable: a file already at its place with the
+//! snapshot's size, mtime and mode was completed by an earlier run (files
+//! are renamed into place only after contents and metadata), so it is not
+//! fetched again; temporary files an interrupted run left are removed.
+//!
 //! Safety: nothing read from the store is trusted. Names were validated
 //! when trees were decoded; every directory is opened with `openat2` and
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, and every final component is
@@ -27,6 +34,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// What is restored when the first phase ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ready {
+    /// Files (and other entries) restored or found in place so far.
+    pub files: u64,
+    pub bytes: u64,
+    /// Files and bytes still to come.
+    pub files_left: u64,
+    pub bytes_left: u64,
+}
+
+/// See [`RestoreOptions::on_ready`].
+pub type ReadyHook = Box<dyn Fn(&Ready) + Send + Sync>;
+
 pub struct RestoreOptions {
     pub target: PathBuf,
     /// Only these paths (relative to the snapshot root) and what is below
@@ -34,14 +55,33 @@ pub struct RestoreOptions {
     pub paths: Vec<Vec<u8>>,
     /// Keep recorded uids/gids instead of mapping owner names to local ids.
     pub numeric_ids: bool,
+    /// Called once, when directories, small and recent files, links and
+    /// special files are in place (large old files still to come).
+    pub on_ready: Option<ReadyHook>,
 }
 
 #[derive(Debug, Default)]
 pub struct RestoreReport {
     pub files: u64,
     pub bytes: u64,
+    /// Files already in place from an earlier run, not fetched again.
+    pub skipped: u64,
+    pub skipped_bytes: u64,
     pub errors: Vec<EntryError>,
     pub warnings: Vec<String>,
+}
+
+/// Files up to this size are restored in the first phase whatever their age.
+const SMALL: u64 = 1 << 20;
+/// Files modified this long before the snapshot count as recent...
+const RECENT_SECS: i64 = 30 * 86_400;
+/// ...and go in the first phase unless larger than this.
+const RECENT_MAX: u64 = 64 << 20;
+
+/// Whether a file belongs to the first phase of a restore.
+fn first_phase(node: &Node, snapshot_time: i64) -> bool {
+    let len = node.data_len();
+    len <= SMALL || (len <= RECENT_MAX && node.mtime.sec >= snapshot_time - RECENT_SECS)
 }
 
 struct Item {
@@ -59,7 +99,32 @@ struct Restorer<'a> {
     errors: Mutex<Vec<EntryError>>,
     files: AtomicU64,
     bytes: AtomicU64,
+    /// Chunks several files of this restore use: fetched once, kept until
+    /// their last user has them (see [`Shared`]).
+    shared: Mutex<Shared>,
+    /// Signalled when a shared chunk's fetch ends.
+    fetched: std::sync::Condvar,
 }
+
+/// Chunks used more than once in a restore, with how many uses are left
+/// and, once fetched, their bytes (within [`SHARED_BUDGET`]).
+#[derive(Default)]
+struct Shared {
+    uses: std::collections::HashMap<ChunkId, (u32, SharedChunk)>,
+    bytes: usize,
+}
+
+#[derive(Clone, Default)]
+enum SharedChunk {
+    #[default]
+    Absent,
+    /// A worker is fetching it: the others wait for it.
+    Fetching,
+    Here(std::sync::Arc<Vec<u8>>),
+}
+
+/// Bytes of shared chunks kept at most; beyond it they are fetched again.
+const SHARED_BUDGET: usize = 256 << 20;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -249,8 +314,55 @@ impl Restorer<'_> {
     /// A chunk's bytes. Every `Repository` verifies what it returns against
     /// the id (the embedded store re-hashes on read; the remote one
     /// re-hashes what arrives), so hashing again here would only cost time.
+    ///
+    /// A chunk several files use is fetched once and handed to each.
     fn fetch(&self, id: ChunkId) -> Result<Vec<u8>, Fail> {
-        Ok(self.repo.get_blob(id.into(), BlobKind::Chunk)?)
+        let mut sh = self.shared.lock().expect("shared chunks");
+        loop {
+            let Shared { uses, bytes } = &mut *sh;
+            let Some((left, state)) = uses.get_mut(&id) else {
+                // Used once (or no longer kept): just fetch it.
+                drop(sh);
+                return Ok(self.repo.get_blob(id.into(), BlobKind::Chunk)?);
+            };
+            match state.clone() {
+                SharedChunk::Here(data) => {
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        *bytes -= data.len();
+                        uses.remove(&id);
+                    }
+                    return Ok(data.to_vec());
+                }
+                SharedChunk::Fetching => {
+                    sh = self.fetched.wait(sh).expect("shared chunks");
+                }
+                SharedChunk::Absent => {
+                    *state = SharedChunk::Fetching;
+                    drop(sh);
+                    let got = self.repo.get_blob(id.into(), BlobKind::Chunk);
+                    let mut sh = self.shared.lock().expect("shared chunks");
+                    let Shared { uses, bytes } = &mut *sh;
+                    if let Some((left, state)) = uses.get_mut(&id) {
+                        *left = left.saturating_sub(1);
+                        *state = SharedChunk::Absent;
+                        if *left == 0 {
+                            uses.remove(&id);
+                        } else if let Ok(data) = &got
+                            && *bytes + data.len() <= SHARED_BUDGET
+                        {
+                            *bytes += data.len();
+                            *state = SharedChunk::Here(std::sync::Arc::new(data.clone()));
+                        } else if got.is_ok() {
+                            // Over the budget: later users fetch it themselves.
+                            uses.remove(&id);
+                        }
+                    }
+                    self.fetched.notify_all();
+                    return Ok(got?);
+                }
+            }
+        }
     }
 
     fn write_contents(&self, file: &File, node: &Node) -> Result<u64, Fail> {
@@ -313,6 +425,72 @@ impl Restorer<'_> {
             });
         }
         Ok(written)
+    }
+
+    /// Whether an earlier run completed this file: a regular file at its
+    /// place with the snapshot's size, mtime and permission bits (contents
+    /// and metadata are set before a file is renamed into place).
+    fn already_restored(&self, rel: &[u8], node: &Node) -> bool {
+        let (parent, name) = split_parent(rel);
+        let Ok(dir) = self.open_dir(parent) else {
+            return false;
+        };
+        let Ok(st) = rustix::fs::statat(&dir, os(name), AtFlags::SYMLINK_NOFOLLOW) else {
+            return false;
+        };
+        FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && st.st_size as u64 == node.size
+            && st.st_mtime == node.mtime.sec
+            && st.st_mtime_nsec as u32 == node.mtime.nsec
+            && st.st_mode & 0o7777 == node.mode
+    }
+
+    /// Removes the temporary files an interrupted restore left in directory
+    /// `rel` (never a name the snapshot has there).
+    fn remove_leftovers(&self, rel: &[u8], keep: &HashSet<&[u8]>) {
+        let Ok(dir) = self.open_dir(rel) else { return };
+        let Ok(mut entries) = rustix::fs::Dir::read_from(&dir) else {
+            return;
+        };
+        while let Some(Ok(e)) = entries.next() {
+            let name = e.file_name().to_bytes();
+            if name.starts_with(b".homesync-")
+                && name.ends_with(b".tmp")
+                && !keep.contains(join(rel, name).as_slice())
+            {
+                let _ = rustix::fs::unlinkat(&dir, os(name), AtFlags::empty());
+            }
+        }
+    }
+
+    /// Restores file contents (in parallel on the worker pool).
+    fn restore_contents(&self, workers: &rayon::ThreadPool, items: &[&Item]) {
+        workers.install(|| {
+            items.par_iter().for_each(|it| {
+                if let Err(e) = self.restore_file(&it.rel, &it.node) {
+                    self.fail(&it.rel, e);
+                }
+            })
+        });
+    }
+
+    /// Directory metadata, deepest first.
+    fn finish_dirs(&self, items: &[Item], bad_dirs: &[Vec<u8>], under_bad: &dyn Fn(&[u8]) -> bool) {
+        for it in items
+            .iter()
+            .rev()
+            .filter(|i| i.node.kind == NodeKind::Dir && !under_bad(&i.rel))
+        {
+            if bad_dirs.contains(&it.rel) {
+                continue;
+            }
+            if let Err(e) = self
+                .open_dir(&it.rel)
+                .and_then(|fd| self.apply_meta_fd(&fd, &it.node))
+            {
+                self.fail(&it.rel, e);
+            }
+        }
     }
 
     /// Writes a file under a temporary name, sets its metadata, renames it.
@@ -395,50 +573,70 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    /// Collects the items to restore, in pre-order.
+    /// Collects the items to restore, level by level (parents before
+    /// children), fetching each level's trees in parallel: over a network
+    /// each tree is a round trip, and a home has thousands.
     fn plan(
         &self,
-        rel: Vec<u8>,
-        node: Node,
+        workers: &rayon::ThreadPool,
+        root: Node,
         filters: &[Vec<Vec<u8>>],
         items: &mut Vec<Item>,
-        depth: usize,
     ) {
-        let (inside, above) = wanted(&rel, filters);
-        if !inside && !above {
-            return;
-        }
-        if depth > browse::MAX_DEPTH {
-            // Deeper than any path Linux can name: a hostile or broken store.
-            self.fail(
-                &rel,
-                Fail {
-                    msg: format!(
-                        "directories nested deeper than {} levels",
-                        browse::MAX_DEPTH
-                    ),
-                    corrupt: true,
-                },
-            );
-            return;
-        }
-        let sub = node.subtree;
-        if matches!(node.kind, NodeKind::File | NodeKind::Hardlink) {
-            self.progress.add_total(1, node.data_len());
-        }
-        items.push(Item {
-            rel: rel.clone(),
-            node,
-        });
-        if let Some(sub) = sub {
-            match browse::load_tree(self.repo, sub) {
-                Ok(tree) => {
-                    for child in tree.nodes {
-                        self.plan(join(&rel, &child.name), child, filters, items, depth + 1);
-                    }
+        let mut level: Vec<(Vec<u8>, Node)> = vec![(Vec::new(), root)];
+        let mut depth = 0;
+        while !level.is_empty() {
+            let mut dirs = Vec::new();
+            for (rel, node) in level {
+                let (inside, above) = wanted(&rel, filters);
+                if !inside && !above {
+                    continue;
                 }
-                Err(e) => self.fail(&rel, Fail::from(e)),
+                if depth > browse::MAX_DEPTH {
+                    // Deeper than any path Linux can name: a hostile or
+                    // broken store.
+                    self.fail(
+                        &rel,
+                        Fail {
+                            msg: format!(
+                                "directories nested deeper than {} levels",
+                                browse::MAX_DEPTH
+                            ),
+                            corrupt: true,
+                        },
+                    );
+                    continue;
+                }
+                if matches!(node.kind, NodeKind::File | NodeKind::Hardlink) {
+                    self.progress.add_total(1, node.data_len());
+                }
+                if let Some(sub) = node.subtree {
+                    dirs.push((rel.clone(), sub));
+                }
+                items.push(Item { rel, node });
             }
+            let trees: Vec<_> = workers.install(|| {
+                dirs.into_par_iter()
+                    .map(|(rel, sub)| {
+                        let tree = browse::load_tree(self.repo, sub);
+                        (rel, tree)
+                    })
+                    .collect()
+            });
+            level = Vec::new();
+            for (rel, tree) in trees {
+                match tree {
+                    Ok(tree) => {
+                        level.extend(
+                            tree.nodes
+                                .into_iter()
+                                .map(|child| (join(&rel, &child.name), child)),
+                        );
+                    }
+                    Err(e) => self.fail(&rel, Fail::from(e)),
+                }
+            }
+            depth += 1;
         }
     }
 }
@@ -489,9 +687,18 @@ pub fn restore(
         errors: Mutex::new(Vec::new()),
         files: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
+        shared: Mutex::default(),
+        fetched: std::sync::Condvar::new(),
     };
     let mut items = Vec::new();
-    r.plan(Vec::new(), snapshot.root.clone(), &filters, &mut items, 0);
+    // More workers than cores: a worker mostly waits, for the disk or for a
+    // chunk from the server (one round trip each), not for the CPU.
+    let workers = rayon::ThreadPoolBuilder::new()
+        .num_threads(RESTORE_WORKERS)
+        .thread_name(|i| format!("restore-{i}"))
+        .build()
+        .map_err(|e| ClientError::Usage(format!("starting restore workers: {e}")))?;
+    r.plan(&workers, snapshot.root.clone(), &filters, &mut items);
 
     // 1. Directories, parents first.
     let mut bad_dirs: Vec<Vec<u8>> = Vec::new();
@@ -510,8 +717,18 @@ pub fn restore(
             .any(|d| rel.starts_with(d) && rel.get(d.len()) == Some(&b'/'))
     };
 
+    // Leftovers of an interrupted run go (names the snapshot has are kept).
+    let planned: HashSet<&[u8]> = items.iter().map(|i| i.rel.as_slice()).collect();
+    for it in items
+        .iter()
+        .filter(|i| i.node.kind == NodeKind::Dir && !under_bad(&i.rel))
+    {
+        r.remove_leftovers(&it.rel, &planned);
+    }
+
     // 2. File contents, in parallel. A hardlink whose first name is not
-    //    part of this restore gets its own copy of the contents.
+    //    part of this restore gets its own copy of the contents. Files an
+    //    earlier run completed are not fetched again.
     let files_planned: HashSet<&[u8]> = items
         .iter()
         .filter(|i| i.node.kind == NodeKind::File)
@@ -525,45 +742,94 @@ pub fn restore(
                 || (i.node.kind == NodeKind::Hardlink
                     && !files_planned.contains(i.node.target.as_slice()))
         });
-    // More workers than cores: a worker mostly waits, for the disk or for a
-    // chunk from the server (one round trip each), not for the CPU.
-    let workers = rayon::ThreadPoolBuilder::new()
-        .num_threads(RESTORE_WORKERS)
-        .thread_name(|i| format!("restore-{i}"))
-        .build()
-        .map_err(|e| ClientError::Usage(format!("starting restore workers: {e}")))?;
-    workers.install(|| {
-        contents.par_iter().for_each(|it| {
-            if let Err(e) = r.restore_file(&it.rel, &it.node) {
-                r.fail(&it.rel, e);
-            }
-        })
+    let (done, mut todo): (Vec<&Item>, Vec<&Item>) = contents
+        .into_iter()
+        .partition(|it| r.already_restored(&it.rel, &it.node));
+    for it in &done {
+        report.skipped += 1;
+        report.skipped_bytes += it.node.data_len();
+        progress.add_done(1, it.node.data_len());
+    }
+    // Stop before filling the disk: the run can be repeated once there is
+    // room, and it resumes.
+    let needed: u64 = todo.iter().map(|it| it.node.data_len()).sum();
+    if let Ok(fs) = rustix::fs::fstatvfs(&r.root) {
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if needed > free {
+            return Err(ClientError::NoSpace {
+                path: opts.target.clone(),
+                needed,
+                free,
+            });
+        }
+    }
+    // Small and recent files first (smallest first), then the rest, most
+    // recently modified first: large old media last.
+    let when = snapshot.time.sec;
+    todo.sort_by_key(|it| {
+        let first = first_phase(&it.node, when);
+        (
+            !first,
+            if first {
+                it.node.data_len() as i64
+            } else {
+                -it.node.mtime.sec
+            },
+        )
     });
+    let split = todo.partition_point(|it| first_phase(&it.node, when));
+    {
+        let mut counts: std::collections::HashMap<ChunkId, u32> = Default::default();
+        for it in &todo {
+            for c in &it.node.chunks {
+                *counts.entry(*c).or_default() += 1;
+            }
+        }
+        r.shared.lock().expect("shared chunks").uses = counts
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(c, n)| (c, (n, SharedChunk::Absent)))
+            .collect();
+    }
+    let (phase1, phase2) = todo.split_at(split);
+    r.restore_contents(&workers, phase1);
 
-    // 3. Symlinks, special files and hardlinks (their targets now exist).
-    for it in specials {
+    // 3. Symlinks, special files and hardlinks (their targets now exist);
+    //    hardlinks to files of the second phase wait for them.
+    let late: HashSet<&[u8]> = phase2.iter().map(|it| it.rel.as_slice()).collect();
+    let (later, now): (Vec<&Item>, Vec<&Item>) = specials.into_iter().partition(|it| {
+        it.node.kind == NodeKind::Hardlink && late.contains(it.node.target.as_slice())
+    });
+    for it in now {
         if let Err(e) = r.restore_special(&it.rel, &it.node) {
             r.fail(&it.rel, e);
         }
     }
 
-    // 4. Directory metadata, deepest first, so restoring a child's mtime or
-    //    a read-only mode never disturbs what is still to be written.
-    for it in items
-        .iter()
-        .rev()
-        .filter(|i| i.node.kind == NodeKind::Dir && !under_bad(&i.rel))
-    {
-        if bad_dirs.contains(&it.rel) {
-            continue;
-        }
-        if let Err(e) = r
-            .open_dir(&it.rel)
-            .and_then(|fd| r.apply_meta_fd(&fd, &it.node))
-        {
+    // 4. The first phase is usable: directories get their owners and modes
+    //    (as root, who can still write into read-only ones), then the
+    //    caller hears that the user may start working.
+    if is_root {
+        r.finish_dirs(&items, &bad_dirs, &under_bad);
+    }
+    if let Some(ready) = &opts.on_ready {
+        ready(&Ready {
+            files: r.files.load(Relaxed) + report.skipped,
+            bytes: r.bytes.load(Relaxed) + report.skipped_bytes,
+            files_left: phase2.len() as u64 + later.len() as u64,
+            bytes_left: phase2.iter().map(|it| it.node.data_len()).sum(),
+        });
+    }
+    r.restore_contents(&workers, phase2);
+    for it in later {
+        if let Err(e) = r.restore_special(&it.rel, &it.node) {
             r.fail(&it.rel, e);
         }
     }
+
+    // 5. Directory metadata, deepest first, so restoring a child's mtime or
+    //    a read-only mode never disturbs what is still to be written.
+    r.finish_dirs(&items, &bad_dirs, &under_bad);
 
     report.files = r.files.load(Relaxed);
     report.bytes = r.bytes.load(Relaxed);

@@ -36,6 +36,10 @@ pub enum DeltaError {
     TooLarge(usize),
 }
 
+/// The largest tree a delta may produce: larger trees travel whole, so a
+/// delta request never makes the server build more than this.
+pub const MAX_TREE_OUTPUT: usize = 16 << 20;
+
 /// The rsync rule of thumb: block size near the square root of the base's
 /// length (a power of two, 512 B to 4 KiB). Smaller blocks find shorter
 /// matches but make the signature larger: a 1 MiB chunk gets 1 KiB blocks
@@ -106,8 +110,10 @@ pub fn encode(signature: &Signature, data: &[u8], zstd_level: i32) -> Result<Vec
 /// costs at most a few times `limit`.
 pub fn apply(base: &[u8], payload: &[u8], limit: usize) -> Result<Vec<u8>, DeltaError> {
     let bad = |why: String| DeltaError::Delta(why);
-    // A delta is literals plus small commands: never much larger than its output.
-    let max_raw = limit.saturating_mul(2).saturating_add(4096);
+    // A delta is literals plus commands of at most 17 bytes, and a copy
+    // command covers at least one block (256 bytes or more): an honest
+    // delta is never more than a sixteenth larger than its output.
+    let max_raw = limit.saturating_add(limit / 16).saturating_add(4096);
     let unpacked;
     let raw: &[u8] = match payload.split_first() {
         Some((&RAW, rest)) => rest,

@@ -32,7 +32,7 @@ pub const MAX_HAS_BATCH: usize = 65_536;
 /// At most this many chunks per `PutBatch` request.
 pub const MAX_PUT_BATCH: usize = 4096;
 /// At most this many ids per `Signatures` request (a 4 MiB chunk's
-/// signature is 48 KiB: the answer stays far below [`MAX_FRAME`]).
+/// signature is 24 KiB: the answer stays far below [`MAX_FRAME`]).
 pub const MAX_SIGNATURE_BATCH: usize = 64;
 
 /// One chunk of a `PutBatch`.

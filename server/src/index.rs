@@ -73,7 +73,7 @@ CREATE TABLE running_jobs(
 
 /// Version 1 had no `meta` table (generation 0 throughout).
 const MIGRATE_1_TO_2: &str = "
-CREATE TABLE meta(
+CREATE TABLE IF NOT EXISTS meta(
     key TEXT PRIMARY KEY NOT NULL,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
@@ -82,18 +82,18 @@ CREATE TABLE meta(
 /// Version 3 added garbage collection's bookkeeping: open sessions and
 /// condemned blobs.
 const MIGRATE_2_TO_3: &str = "
-CREATE TABLE sessions(
+CREATE TABLE IF NOT EXISTS sessions(
     id INTEGER PRIMARY KEY,
     generation INTEGER NOT NULL,
     pid INTEGER NOT NULL,
     pid_start INTEGER NOT NULL,
     what TEXT NOT NULL
 );
-CREATE TABLE condemned(
+CREATE TABLE IF NOT EXISTS condemned(
     id BLOB PRIMARY KEY NOT NULL,
     generation INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE pack_claims(
+CREATE TABLE IF NOT EXISTS pack_claims(
     name TEXT PRIMARY KEY NOT NULL,
     pid INTEGER NOT NULL,
     pid_start INTEGER NOT NULL
@@ -209,6 +209,8 @@ impl Index {
                     "BEGIN IMMEDIATE; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .or_else(|e| {
+                    // A failed batch leaves its transaction open.
+                    let _ = conn.execute_batch("ROLLBACK");
                     if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly) {
                         // Read-only media: readable as it is (generation 0).
                         return Ok(());

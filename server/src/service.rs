@@ -359,7 +359,25 @@ impl Service {
             Ok((bytes, permit)) => {
                 let response = match Request::decode(&bytes) {
                     Err(e) => Response::error(ErrorCode::BadRequest, e.to_string()),
-                    Ok(req) => self.request(peer, &session, counters, req).await,
+                    Ok(req) => {
+                        // Work buffers beyond the frame itself come out of the
+                        // same budget (a 4 KiB delta may build a whole tree).
+                        // Not waited for: a stream holding its frame's share
+                        // while waiting for more could deadlock with others;
+                        // a busy answer only makes the client send blobs whole.
+                        let units = (self.work_memory(&req).div_ceil(MEMORY_UNIT) as u32)
+                            .min((REQUEST_MEMORY / MEMORY_UNIT) as u32);
+                        match units {
+                            0 => self.request(peer, &session, counters, req).await,
+                            n => match self.memory.clone().try_acquire_many_owned(n) {
+                                Ok(_work) => self.request(peer, &session, counters, req).await,
+                                Err(_) => Response::error(
+                                    ErrorCode::Internal,
+                                    "server busy: send the blob whole",
+                                ),
+                            },
+                        }
+                    }
                 };
                 (response, Some(permit))
             }
@@ -466,6 +484,20 @@ impl Service {
         })
     }
 
+    /// Memory a request may need while served, beyond its frame: a delta's
+    /// base, unpacked commands and result; a signature's chunk.
+    fn work_memory(&self, req: &Request) -> usize {
+        let chunk = self.store.config().chunker.max as usize;
+        match req {
+            Request::PutDelta { kind, .. } if *kind == BlobKind::Tree as u8 => {
+                3 * homesync_protocol::delta::MAX_TREE_OUTPUT
+            }
+            Request::PutDelta { .. } => 3 * chunk,
+            Request::Signatures { .. } => 2 * chunk,
+            _ => 0,
+        }
+    }
+
     /// One authenticated request (blocking: runs on the blocking pool).
     fn serve(&self, p: &Principal, req: Request, counters: &Counters) -> Response {
         let count = |c: &AtomicU64, n: usize| {
@@ -511,15 +543,13 @@ impl Service {
                 );
                 chunks
                     .iter()
-                    .map(|c| self.store.put_blob(c.id, BlobKind::Chunk, &c.blob))
-                    .collect::<Result<Vec<bool>, _>>()
-                    .map(|stored| {
-                        count(
-                            &counters.blobs_stored,
-                            stored.iter().filter(|&&s| s).count(),
-                        );
-                        Response::PutBatch { stored }
+                    .map(|c| {
+                        let stored = self.store.put_blob(c.id, BlobKind::Chunk, &c.blob)?;
+                        count(&counters.blobs_stored, stored as usize);
+                        Ok(stored)
                     })
+                    .collect::<Result<Vec<bool>, StoreError>>()
+                    .map(|stored| Response::PutBatch { stored })
             }
             Request::PutDelta {
                 id,

@@ -331,6 +331,14 @@ impl Store {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let corrupt = |source| StoreError::Corrupt { id, source };
         let parsed = Blob::parse(encoded).map_err(corrupt)?;
+        // The chunker never cuts larger: a larger "chunk" would only make
+        // every later read of it (signatures, deltas) cost more.
+        if kind == BlobKind::Chunk && parsed.plain_len > self.config.chunker.max as usize {
+            return Err(StoreError::Refused(format!(
+                "chunk {id} has {} bytes, over the store's chunk limit of {}",
+                parsed.plain_len, self.config.chunker.max
+            )));
+        }
         if parsed.kind != kind {
             return Err(corrupt(blob::BlobError::WrongKind {
                 expected: kind,
@@ -533,14 +541,29 @@ impl Repository for Store {
         lock(&self.shared.index).generation()
     }
 
+    /// Each distinct chunk is read once; one that is absent, damaged or
+    /// (from an older store) over the chunk limit gets no signature, which
+    /// only costs its delta.
     fn signatures(&self, ids: &[BlobId]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        ids.iter()
-            .map(|&id| match self.get_blob(id, BlobKind::Chunk) {
-                Ok(plain) => Ok(Some(delta::signature(&plain))),
-                Err(StoreError::Missing(_)) => Ok(None),
-                Err(e) => Err(e),
-            })
-            .collect()
+        let mut done: HashMap<BlobId, Option<Vec<u8>>> = HashMap::new();
+        for &id in ids {
+            if done.contains_key(&id) {
+                continue;
+            }
+            let sig = match self.get_blob(id, BlobKind::Chunk) {
+                Ok(plain) if plain.len() <= self.config.chunker.max as usize => {
+                    Some(delta::signature(&plain))
+                }
+                Ok(_) | Err(StoreError::Missing(_)) => None,
+                Err(e) if e.is_corruption() => {
+                    tracing::error!("no signature for chunk {id}: {e}");
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            done.insert(id, sig);
+        }
+        Ok(ids.iter().map(|id| done[id].clone()).collect())
     }
 
     fn put_delta(
@@ -557,7 +580,7 @@ impl Repository for Store {
         // delta's result be.
         let limit = match kind {
             BlobKind::Chunk => self.config.chunker.max as usize,
-            BlobKind::Tree => blob::MAX_PLAIN_LEN,
+            BlobKind::Tree => delta::MAX_TREE_OUTPUT,
             BlobKind::Snapshot => return Err(refused("snapshots are sent with Commit".into())),
         };
         if self.has_blobs(&[id])?[0] {
@@ -661,6 +684,21 @@ mod tests {
         let err = store.commit_snapshot(&snapshot(tid)).unwrap_err();
         assert!(err.to_string().contains("not in the store"), "{err}");
         assert!(store.snapshots().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_chunk_larger_than_the_chunker_cuts_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(&dir.path().join("s"), ChunkerParams::default(), 3).unwrap();
+        let big = vec![0u8; ChunkerParams::default().max as usize + 1];
+        let id = ChunkId::of(&big).into();
+        let r = store.put_blob(
+            id,
+            BlobKind::Chunk,
+            &BlobEncoder::new(3).encode(BlobKind::Chunk, &big),
+        );
+        assert!(matches!(r, Err(StoreError::Refused(_))), "{r:?}");
+        assert!(!store.has_blobs(&[id]).unwrap()[0]);
     }
 
     #[test]

@@ -669,3 +669,39 @@ pub fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
 pub fn lossy(p: &Path) -> String {
     String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned()
 }
+
+/// A size-limited tmpfs, unmounted on drop.
+pub struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    pub fn mount(size: &str) -> SmallFs {
+        let dir = tempfile::Builder::new()
+            .prefix("homesync-smallfs-")
+            .tempdir()
+            .unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            ok.success(),
+            "mounting a {size} tmpfs failed (the tests run as root)"
+        );
+        SmallFs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
