@@ -103,7 +103,7 @@ CREATE TABLE IF NOT EXISTS pack_claims(
 /// Version 4 added the server's jobs (see `crate::jobs`): finished runs,
 /// and the kinds running now (the cross-process job lock).
 const MIGRATE_3_TO_4: &str = "
-CREATE TABLE jobs(
+CREATE TABLE IF NOT EXISTS jobs(
     id INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
     started_ms INTEGER NOT NULL,
@@ -112,8 +112,8 @@ CREATE TABLE jobs(
     summary TEXT NOT NULL,
     numbers TEXT NOT NULL
 );
-CREATE INDEX jobs_by_kind ON jobs(kind, started_ms);
-CREATE TABLE running_jobs(
+CREATE INDEX IF NOT EXISTS jobs_by_kind ON jobs(kind, started_ms);
+CREATE TABLE IF NOT EXISTS running_jobs(
     kind TEXT PRIMARY KEY NOT NULL,
     pid INTEGER NOT NULL,
     pid_start INTEGER NOT NULL,
