@@ -632,6 +632,11 @@ pub async fn schedule(
     tokio::pin!(shutdown);
     let on_done = Arc::new(on_done);
     let mut refused: BTreeMap<JobKind, Instant> = BTreeMap::new();
+    // A kind never run counts as run when the server started: a new or
+    // upgraded server does not begin with every job at once (a check reading
+    // a quarter of a large store, say), and a test server with the default
+    // intervals runs none.
+    let boot = unix_now_ms();
     let work = async {
         loop {
             let s = store.clone();
@@ -647,7 +652,7 @@ pub async fn schedule(
                     return;
                 }
             };
-            let lookup = |k: JobKind| last.get(&k).copied();
+            let lookup = |k: JobKind| Some(last.get(&k).copied().unwrap_or(boot));
             refused.retain(|_, until| *until > Instant::now());
             for kind in due(&cfg.jobs, &lookup, unix_now_ms()) {
                 if refused.contains_key(&kind) {
@@ -683,7 +688,7 @@ pub async fn schedule(
                 .ok()
                 .and_then(Result::ok)
                 .unwrap_or_default();
-            let lookup = |k: JobKind| last.get(&k).copied();
+            let lookup = |k: JobKind| Some(last.get(&k).copied().unwrap_or(boot));
             let sleep = next_wake(&cfg.jobs, &lookup, unix_now_ms())
                 .unwrap_or(MAX_SLEEP)
                 .clamp(Duration::from_millis(200), MAX_SLEEP);
