@@ -183,6 +183,33 @@ fn run_job_applies_retention_collects_garbage_and_checks() {
         "{}",
         run.describe()
     );
+
+    // Damage: a flipped byte in the largest pack (chunks) is found by the
+    // next check job (exit 5, result `damage`).
+    let packs = hs.repo.join("packs");
+    let largest = walk(&packs)
+        .into_iter()
+        .filter(|(_, md)| md.is_file())
+        .max_by_key(|(_, md)| md.len())
+        .unwrap()
+        .0;
+    let largest = packs.join(largest);
+    let mut bytes = std::fs::read(&largest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&largest, bytes).unwrap();
+    let run = hs.run(args![
+        "admin",
+        "run-job",
+        "check",
+        "--server-config",
+        config
+    ]);
+    run.expect_code(5);
+    let job = run.messages("job")[0].clone();
+    assert_eq!(job["result"], "damage", "{job}");
+    assert!(job["numbers"]["damage"].as_u64().unwrap() >= 1, "{job}");
+    assert_eq!(listed(&hs, "check")["result"], "damage");
 }
 
 #[test]

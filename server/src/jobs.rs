@@ -158,7 +158,9 @@ pub fn parse_interval(text: &str) -> Result<Option<Duration>, String> {
         return Err(bad("a number needs a unit"));
     }
     if total == 0 {
-        return Err(bad("must be longer than 0; to disable the job say \"off\""));
+        return Err(format!(
+            "{text:?}: must be longer than 0 (to disable the job: \"off\")"
+        ));
     }
     Ok(Some(Duration::from_secs(total)))
 }
@@ -384,7 +386,9 @@ fn run_retention(store: &Store, cfg: &ServeConfig, now: Timestamp) -> Outcome {
     if r.default.is_none() && r.machines.is_empty() {
         return Ok((
             JobResult::Ok,
-            format!("no [retention] policy in the server config: kept all {total} snapshots"),
+            format!(
+                "no [retention] policy in the server config: nothing removed ({total} snapshots kept)"
+            ),
             vec![("snapshots_removed", 0), ("snapshots_kept", total)],
         ));
     }
