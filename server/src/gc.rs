@@ -354,9 +354,12 @@ mod tests {
         ));
         assert_eq!(s.get_blob(kept, BlobKind::Chunk).unwrap(), vec![2; 5000]);
         assert!(s.generation().unwrap() > 0);
-        // Idempotent.
+        // Idempotent, and with nothing condemned the generation stays
+        // (clients keep trusting their caches).
+        let generation = s.generation().unwrap();
         let again = s.gc(&GcOptions::default()).unwrap();
         assert_eq!((again.condemned, again.swept.blobs), (0, 0), "{again:?}");
+        assert_eq!(s.generation().unwrap(), generation);
     }
 
     #[test]

@@ -522,14 +522,6 @@ impl Index {
     /// how many blobs were condemned and revived.
     pub fn condemn(&mut self, reachable: &HashSet<BlobId>) -> Result<(u64, u64, u64), StoreError> {
         let tx = self.write_tx()?;
-        let generation: i64 = tx
-            .query_row(
-                "INSERT INTO meta(key, value) VALUES ('generation', 1)
-                 ON CONFLICT(key) DO UPDATE SET value = value + 1 RETURNING value",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(sql)?;
         let ids = |q: &str| -> Result<Vec<BlobId>, StoreError> {
             let mut st = tx.prepare(q).map_err(sql)?;
             let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(sql)?;
@@ -541,6 +533,25 @@ impl Index {
         };
         let condemned = ids("SELECT id FROM condemned")?;
         let live = ids("SELECT id FROM blobs WHERE id NOT IN (SELECT id FROM condemned)")?;
+        // A new generation only when something is condemned: otherwise no
+        // blob a client may rely on can leave, and a daily collection of a
+        // store without garbage would make every client re-check its cache.
+        let doomed = live.iter().any(|id| !reachable.contains(id));
+        let generation: i64 = if doomed {
+            tx.query_row(
+                "INSERT INTO meta(key, value) VALUES ('generation', 1)
+                 ON CONFLICT(key) DO UPDATE SET value = value + 1 RETURNING value",
+                [],
+                |r| r.get(0),
+            )
+        } else {
+            tx.query_row(
+                "SELECT COALESCE((SELECT value FROM meta WHERE key = 'generation'), 0)",
+                [],
+                |r| r.get(0),
+            )
+        }
+        .map_err(sql)?;
         let (mut revived, mut added) = (0, 0);
         {
             let mut revive = tx
