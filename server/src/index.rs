@@ -522,17 +522,12 @@ impl Index {
     /// how many blobs were condemned and revived.
     pub fn condemn(&mut self, reachable: &HashSet<BlobId>) -> Result<(u64, u64, u64), StoreError> {
         let tx = self.write_tx()?;
-        let ids = |q: &str| -> Result<Vec<BlobId>, StoreError> {
-            let mut st = tx.prepare(q).map_err(sql)?;
-            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(sql)?;
-            rows.map(|r| {
-                let v = r.map_err(sql)?;
-                BlobId::from_slice(&v).ok_or_else(|| StoreError::Index("malformed blob id".into()))
-            })
-            .collect()
-        };
-        let condemned = ids("SELECT id FROM condemned")?;
-        let live = ids("SELECT id FROM blobs WHERE id NOT IN (SELECT id FROM condemned)")?;
+        let condemned: Vec<BlobId> = query_ids(&tx, "SELECT id FROM condemned", [])?;
+        let live: Vec<BlobId> = query_ids(
+            &tx,
+            "SELECT id FROM blobs WHERE id NOT IN (SELECT id FROM condemned)",
+            [],
+        )?;
         // A new generation only when something is condemned: otherwise no
         // blob a client may rely on can leave, and a daily collection of a
         // store without garbage would make every client re-check its cache.
@@ -591,13 +586,7 @@ impl Index {
 
     /// The snapshot ids, to notice commits made while marking.
     pub fn snapshot_ids(&self) -> Result<HashSet<SnapshotId>, StoreError> {
-        let mut st = self.conn.prepare("SELECT id FROM snapshots").map_err(sql)?;
-        let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(sql)?;
-        rows.map(|r| {
-            SnapshotId::from_slice(&r.map_err(sql)?)
-                .ok_or_else(|| StoreError::Index("malformed snapshot id".into()))
-        })
-        .collect()
+        query_ids(&self.conn, "SELECT id FROM snapshots", [])
     }
 
     /// Deletes the index rows of condemned blobs no open session can still
@@ -612,12 +601,7 @@ impl Index {
         alive: &dyn Fn(&SessionRow) -> bool,
     ) -> Result<Option<Swept>, StoreError> {
         let tx = self.write_tx()?;
-        let now: HashSet<SnapshotId> = {
-            let mut st = tx.prepare("SELECT id FROM snapshots").map_err(sql)?;
-            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(sql)?;
-            rows.filter_map(|r| r.ok().and_then(|v| SnapshotId::from_slice(&v)))
-                .collect()
-        };
+        let now: HashSet<SnapshotId> = query_ids(&tx, "SELECT id FROM snapshots", [])?;
         if &now != expected {
             return Ok(None);
         }
@@ -685,18 +669,11 @@ impl Index {
 
     /// The blobs whose rows point into pack `name`.
     pub fn blobs_in_pack(&self, name: &str) -> Result<HashSet<BlobId>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT b.id FROM blobs b JOIN packs p ON p.id = b.pack WHERE p.name = ?1")
-            .map_err(sql)?;
-        let rows = st
-            .query_map([name], |r| r.get::<_, Vec<u8>>(0))
-            .map_err(sql)?;
-        rows.map(|r| {
-            BlobId::from_slice(&r.map_err(sql)?)
-                .ok_or_else(|| StoreError::Index("malformed blob id".into()))
-        })
-        .collect()
+        query_ids(
+            &self.conn,
+            "SELECT b.id FROM blobs b JOIN packs p ON p.id = b.pack WHERE p.name = ?1",
+            [name],
+        )
     }
 
     /// Points the rows of `entries` that are still in pack `old` at their
@@ -973,6 +950,41 @@ fn running_jobs(conn: &Connection) -> Result<Vec<RunningJob>, StoreError> {
         })
         .map_err(sql)?;
     rows.collect::<Result<_, _>>().map_err(sql)
+}
+
+/// Ids of one kind from the first column of a query; a malformed one is
+/// index damage.
+fn query_ids<T: IdFromSlice, C: FromIterator<T>>(
+    conn: &Connection,
+    q: &str,
+    params: impl rusqlite::Params,
+) -> Result<C, StoreError> {
+    let mut st = conn.prepare(q).map_err(sql)?;
+    let rows = st
+        .query_map(params, |r| r.get::<_, Vec<u8>>(0))
+        .map_err(sql)?;
+    rows.map(|r| {
+        T::from_bytes(&r.map_err(sql)?)
+            .ok_or_else(|| StoreError::Index(format!("a malformed id in `{q}`")))
+    })
+    .collect()
+}
+
+/// The id types the index stores as 32-byte blobs.
+trait IdFromSlice: Sized {
+    fn from_bytes(b: &[u8]) -> Option<Self>;
+}
+
+impl IdFromSlice for BlobId {
+    fn from_bytes(b: &[u8]) -> Option<Self> {
+        BlobId::from_slice(b)
+    }
+}
+
+impl IdFromSlice for SnapshotId {
+    fn from_bytes(b: &[u8]) -> Option<Self> {
+        SnapshotId::from_slice(b)
+    }
 }
 
 fn sessions(conn: &Connection) -> Result<Vec<SessionRow>, StoreError> {
