@@ -6,6 +6,7 @@
 # Idempotent: checks each command (or file) first and runs `apt-get update` + `apt-get install`
 # only when something is missing.  Installs:
 #   restic            the peer we compare against
+#   borgbackup, rsync the other peers (bench-gc.sh, bench-wire.sh)
 #   hyperfine         machine-limit measurements (peers.sh step "limits")
 #   libarchive-tools  bsdtar --format=mtree listings for the fidelity report
 #   attr, acl         getfattr/setfattr, getfacl/setfacl (make-home.py, fidelity listings)
@@ -27,6 +28,8 @@ done
 # "check package" pairs: check is a command name or an absolute path
 NEED=(
   restic restic
+  borg borgbackup
+  rsync rsync
   hyperfine hyperfine
   bsdtar libarchive-tools
   getfattr attr
