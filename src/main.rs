@@ -470,6 +470,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             let _lock = jobs::lock(&store, homesync_server::jobs::JobKind::Gc)?;
             let report = store.gc(&homesync_server::gc::GcOptions {
                 rewrite_below: *rewrite_below,
+                ..Default::default()
             })?;
             out.gc(&report);
             Ok(exit::OK)

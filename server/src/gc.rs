@@ -33,17 +33,26 @@ use std::collections::HashSet;
 /// rewritten (the rest of their bytes are reclaimed).
 pub const REWRITE_BELOW: f64 = 0.5;
 
+/// After those, packs with the most garbage are rewritten too until at most
+/// this share of the remaining packs' bytes is garbage (restic's
+/// `--max-unused`): a store of many mostly-live packs would otherwise keep
+/// most of its garbage.
+pub const MAX_UNUSED: f64 = 0.05;
+
 #[derive(Debug, Clone)]
 pub struct GcOptions {
     /// See [`REWRITE_BELOW`]; 0 never rewrites, 1 rewrites every pack with
     /// any garbage.
     pub rewrite_below: f64,
+    /// See [`MAX_UNUSED`]; 1 turns this rule off.
+    pub max_unused: f64,
 }
 
 impl Default for GcOptions {
     fn default() -> Self {
         GcOptions {
             rewrite_below: REWRITE_BELOW,
+            max_unused: MAX_UNUSED,
         }
     }
 }
@@ -205,6 +214,7 @@ impl Store {
     /// Deletes packs nothing points into and rewrites mostly dead ones.
     fn reclaim_packs(&self, opts: &GcOptions, report: &mut GcReport) -> Result<(), StoreError> {
         let usage = lock(&self.shared.index).pack_usage()?;
+        let mut rest = Vec::new();
         for p in usage {
             if p.blobs == 0 {
                 if lock(&self.shared.index).remove_pack_if_empty(&p.name)? {
@@ -216,7 +226,25 @@ impl Store {
                 let written = self.rewrite_pack(&p.name)?;
                 report.packs_rewritten += 1;
                 report.bytes_reclaimed += p.size.saturating_sub(written);
+            } else {
+                rest.push(p);
             }
+        }
+        // Then the packs with the most garbage, until little is left. (A
+        // pack's trailer and header count as garbage here: a few bytes per
+        // blob, well below the threshold.)
+        let dead_of = |p: &crate::index::PackUsage| p.size.saturating_sub(p.live_bytes);
+        let total: u64 = rest.iter().map(|p| p.size).sum();
+        let mut dead: u64 = rest.iter().map(dead_of).sum();
+        rest.sort_by_key(|p| std::cmp::Reverse(dead_of(p)));
+        for p in rest {
+            if dead as f64 <= opts.max_unused * total as f64 {
+                break;
+            }
+            let written = self.rewrite_pack(&p.name)?;
+            report.packs_rewritten += 1;
+            report.bytes_reclaimed += p.size.saturating_sub(written);
+            dead = dead.saturating_sub(dead_of(&p));
         }
         Ok(())
     }
@@ -427,7 +455,12 @@ mod tests {
         let old = commit(&s, put_tree(&s, "all", &big).unwrap(), 1);
         commit(&s, put_tree(&s, "one", &big[..1]).unwrap(), 2);
         s.forget_snapshot(old).unwrap();
-        let r = s.gc(&GcOptions { rewrite_below: 0.9 }).unwrap();
+        let r = s
+            .gc(&GcOptions {
+                rewrite_below: 0.9,
+                ..GcOptions::default()
+            })
+            .unwrap();
         assert!(r.packs_rewritten >= 1, "{r:?}");
         assert!(r.bytes_reclaimed > 0, "{r:?}");
         assert_eq!(
@@ -440,6 +473,53 @@ mod tests {
         // Every pack file on disk is indexed, and every indexed one exists.
         let on_disk: HashSet<String> = s.shared.backend.list().unwrap().into_iter().collect();
         assert_eq!(on_disk, lock(&s.shared.index).pack_names().unwrap());
+    }
+
+    /// Incompressible bytes (zstd would shrink a repeated byte to nothing).
+    fn noise(seed: u8, len: usize) -> Vec<u8> {
+        let mut out = vec![0; len];
+        blake3::Hasher::new()
+            .update(&[seed])
+            .finalize_xof()
+            .fill(&mut out);
+        out
+    }
+
+    #[test]
+    fn packs_a_third_dead_are_rewritten_until_little_garbage_is_left() {
+        let run = |max_unused: f64| {
+            let (_d, s) = store();
+            let mut forget = Vec::new();
+            // Four packs (a commit flushes one), each 2/3 live: above the
+            // per-pack threshold, so only the max-unused rule rewrites them.
+            for p in 0..4u8 {
+                let c: Vec<BlobId> = (0..3)
+                    .map(|i| put_chunk(&s, &noise(p * 3 + i, 300_000)))
+                    .collect();
+                commit(
+                    &s,
+                    put_tree(&s, &format!("keep{p}"), &c[..2]).unwrap(),
+                    p as i64 * 2,
+                );
+                forget.push(commit(
+                    &s,
+                    put_tree(&s, &format!("all{p}"), &c).unwrap(),
+                    p as i64 * 2 + 1,
+                ));
+            }
+            for id in forget {
+                s.forget_snapshot(id).unwrap();
+            }
+            s.gc(&GcOptions {
+                max_unused,
+                ..GcOptions::default()
+            })
+            .unwrap()
+        };
+        let r = run(MAX_UNUSED);
+        assert_eq!(r.packs_rewritten, 4, "{r:?}");
+        assert!(r.bytes_reclaimed >= 4 * 300_000, "{r:?}");
+        assert_eq!(run(1.0).packs_rewritten, 0);
     }
 
     #[test]
