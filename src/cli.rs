@@ -34,6 +34,10 @@ pub struct Cli {
     /// or ~/.config/homesync/client.toml]
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The daemon's state directory [default: the config's state_dir, or
+    /// /var/lib/homesync]
+    #[arg(long, global = true, env = "HOMESYNC_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -77,6 +81,20 @@ pub enum Command {
     Admin(AdminCommand),
     /// Save the server address, fingerprint and credential in the client config
     Login,
+    /// Watch the configured paths (default: /home) with inotify and back up
+    /// changes soon after they happen (run by homesync-daemon.service)
+    Daemon,
+    /// The daemon's state: last snapshot and its age, pending changes,
+    /// activity, last error (exit 1 when no daemon runs)
+    Status,
+    /// Hold the daemon's snapshots for DURATION (30m, 2h, 1day) or until
+    /// `homesync resume`; changes are still collected
+    Pause {
+        #[arg(value_name = "DURATION")]
+        duration: Option<String>,
+    },
+    /// End a pause: pending changes are backed up
+    Resume,
 }
 
 #[derive(Args, Debug)]

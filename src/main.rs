@@ -3,6 +3,7 @@
 
 mod check;
 mod cli;
+mod daemon;
 mod jobs;
 mod output;
 mod progress_bar;
@@ -117,6 +118,11 @@ fn home() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from)
 }
 
+/// What the daemon backs up when the config names no paths.
+pub(crate) fn home_paths() -> Vec<PathBuf> {
+    vec![PathBuf::from("/home")]
+}
+
 fn xdg(var: &str, fallback: &str) -> PathBuf {
     std::env::var_os(var)
         .map(PathBuf::from)
@@ -129,7 +135,17 @@ pub(crate) fn default_repo() -> PathBuf {
     xdg("XDG_DATA_HOME", ".local/share").join("homesync/store")
 }
 
-fn cache_dir() -> PathBuf {
+/// Where `backup` keeps its file-state cache: under the configured state
+/// directory if there is one (a read-only root), else the user's cache.
+fn cache_dir(cli: &Cli) -> PathBuf {
+    if let Some(d) = cli.state_dir.clone().or_else(|| {
+        client_config(cli)
+            .ok()
+            .flatten()
+            .and_then(|(_, c)| c.state_dir)
+    }) {
+        return d.join("cache");
+    }
     xdg("XDG_CACHE_HOME", ".cache").join("homesync")
 }
 
@@ -253,7 +269,7 @@ pub(crate) fn client_config(cli: &Cli) -> anyhow::Result<Option<(PathBuf, Client
 }
 
 /// Remote settings from flags and environment, falling back to the config.
-fn remote_options(cli: &Cli) -> anyhow::Result<Option<RemoteOptions>> {
+pub(crate) fn remote_options(cli: &Cli) -> anyhow::Result<Option<RemoteOptions>> {
     let cfg = client_config(cli)?.map(|(_, c)| c).unwrap_or_default();
     let Some(server) = cli.server.clone().or(cfg.server) else {
         return Ok(None);
@@ -356,8 +372,9 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
                     one_file_system: !a.cross_file_systems,
                     machine: machine.clone(),
                     tags: a.tag.clone(),
-                    cache_dir: (!a.no_cache).then(cache_dir),
+                    cache_dir: (!a.no_cache).then(|| cache_dir(cli)),
                     skip: skip.clone(),
+                    incremental: None,
                 };
                 let progress = std::sync::Arc::new(Progress::default());
                 let bar = progress_bar::start(&progress, !cli.json, "backing up");
@@ -476,6 +493,12 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Check(a) => check::run(cli, a, &out),
+        Command::Daemon => daemon::run_daemon(cli),
+        Command::Status => daemon::status(cli, &out),
+        Command::Pause { duration } => {
+            daemon::control(cli, &out, daemon::pause_request(duration.as_deref())?)
+        }
+        Command::Resume => daemon::control(cli, &out, homesync_client::control::Request::Resume),
         Command::Serve(a) => serve::run(cli, a, &out),
         Command::Admin(AdminCommand::Jobs) => jobs::list(cli, &out),
         Command::Admin(AdminCommand::RunJob {

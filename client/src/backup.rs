@@ -2,13 +2,14 @@
 //! all cores) -> store only missing blobs -> trees bottom-up -> commit.
 
 use crate::base::{ParentTrees, PreviousVersion};
+use crate::dirty::Dirty;
 use crate::error::{ClientError, EntryError};
 use crate::exclude::Excludes;
-use crate::filecache::{Cached, FileCache, KEEP_SIGNATURES, Known, SignatureCache};
+use crate::filecache::{Cached, FileCache, KEEP_SIGNATURES, Known, Record, SignatureCache};
 use crate::meta;
 use crate::owners::Owners;
 use crate::progress::Progress;
-use crate::scan::{self, FileJob, Link, Scan};
+use crate::scan::{self, FileJob, Link, Scan, TreeTotals};
 use homesync_protocol::{
     BlobEncoder, BlobId, BlobKind, ChunkId, ChunkerParams, Node, Repository, Snapshot, SnapshotId,
     SnapshotStats, StoreError, Timestamp, Transfer, Tree, TreeId, delta,
@@ -34,6 +35,29 @@ pub struct BackupOptions {
     pub cache_dir: Option<PathBuf>,
     /// Absolute paths left out whatever the patterns say (the store itself).
     pub skip: Vec<PathBuf>,
+    /// List only the directories that changed since `parent` (the daemon).
+    pub incremental: Option<Incremental>,
+}
+
+/// An incremental snapshot: what changed since a snapshot of the same
+/// source. Sound only if every change since `parent`'s scan began is in
+/// `dirty`, which the daemon's watches guarantee.
+#[derive(Debug, Clone)]
+pub struct Incremental {
+    pub parent: SnapshotId,
+    pub dirty: Dirty,
+}
+
+/// What the scan of a backup listed, for the daemon.
+#[derive(Debug, Default)]
+pub struct Listed {
+    /// Every directory listed (`rel`), and whether it holds a file with
+    /// several names.
+    pub dirs: Vec<(Vec<u8>, bool)>,
+    /// Directories whose trees came from the previous snapshot unlisted.
+    pub reused: u64,
+    /// A full scan: every directory was listed.
+    pub complete: bool,
 }
 
 #[derive(Debug)]
@@ -44,6 +68,7 @@ pub struct BackupReport {
     pub errors: Vec<EntryError>,
     /// What went over the network (a remote store only).
     pub transfer: Option<Transfer>,
+    pub listed: Listed,
 }
 
 /// Reading buffer per worker: a multiple of the largest chunk, so each
@@ -570,24 +595,50 @@ pub fn cache_path(cache_dir: &Path, repo: &dyn Repository) -> PathBuf {
     cache_dir.join(&repo.config().id).join("files.sqlite")
 }
 
-/// Backs up `opts.source` into `repo` and commits one snapshot.
-///
-/// If the store refuses the result while the file-state cache supplied
-/// chunk lists (its blobs are gone: the store was repaired, pruned, or is
-/// an older copy), the backup runs once more reading every file, and the
-/// cache is rebuilt from that run.
+/// Backs up `opts.source` into `repo` and commits one snapshot, with the
+/// file-state cache under `opts.cache_dir` (if any).
 pub fn backup(
     repo: &dyn Repository,
     opts: &BackupOptions,
     progress: &Progress,
 ) -> Result<BackupReport, ClientError> {
+    // The cache only saves reading: a backup without it is slower, not wrong.
+    let mut cache = opts.cache_dir.as_ref().and_then(|dir| {
+        let path = cache_path(dir, repo);
+        FileCache::open(&path)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "reading every file: no file-state cache at {}: {e}",
+                    path.display()
+                )
+            })
+            .ok()
+    });
+    backup_with_cache(repo, opts, cache.as_mut(), progress)
+}
+
+/// [`backup`] with a file-state cache the caller keeps open (the daemon
+/// keeps one for its lifetime instead of loading it for every snapshot).
+///
+/// If the store refuses the result while the cache supplied chunk lists or
+/// the previous snapshot supplied trees (their blobs are gone: the store was
+/// repaired, pruned, or is an older copy), the backup runs once more as a
+/// full scan reading every file, and the cache is rebuilt from that run.
+pub fn backup_with_cache(
+    repo: &dyn Repository,
+    opts: &BackupOptions,
+    mut cache: Option<&mut FileCache>,
+    progress: &Progress,
+) -> Result<BackupReport, ClientError> {
     let before = repo.transfer();
-    let mut report = match backup_once(repo, opts, progress, true) {
-        Err(ClientError::Store(StoreError::Refused(why))) if opts.cache_dir.is_some() => {
+    let mut report = match backup_once(repo, opts, cache.as_deref_mut(), progress, true) {
+        Err(ClientError::Store(StoreError::Refused(why)))
+            if cache.is_some() || opts.incremental.is_some() =>
+        {
             tracing::warn!(
                 "the store refused this backup ({why}); reading every file again without the cache"
             );
-            backup_once(repo, opts, progress, false)
+            backup_once(repo, opts, cache, progress, false)
         }
         r => r,
     }?;
@@ -600,6 +651,7 @@ pub fn backup(
 fn backup_once(
     repo: &dyn Repository,
     opts: &BackupOptions,
+    cache: Option<&mut FileCache>,
     progress: &Progress,
     trust_cache: bool,
 ) -> Result<BackupReport, ClientError> {
@@ -616,49 +668,67 @@ fn backup_once(
         .chain(opts.cache_dir.iter())
         .filter_map(|p| std::fs::canonicalize(p).ok())
         .collect();
-    let scan_opts = scan::ScanOptions {
-        excludes: &excludes,
-        skip: &skip,
-        one_file_system: opts.one_file_system,
-        owners: &owners,
+    let source_bytes = source.as_os_str().as_bytes();
+    let snapshots = repo.snapshots()?;
+    let incremental = opts.incremental.as_ref().filter(|_| trust_cache);
+    let parent = match incremental {
+        Some(inc) => {
+            let found = snapshots.into_iter().find(|(id, _)| *id == inc.parent);
+            if found.is_none() {
+                tracing::warn!(
+                    "snapshot {} is gone from the store: scanning everything",
+                    inc.parent
+                );
+            }
+            found
+        }
+        None => snapshots
+            .into_iter()
+            .rev()
+            .find(|(_, s)| s.machine == opts.machine && s.source == source_bytes),
     };
+    let incremental = incremental.filter(|_| parent.is_some());
+    let parent_trees = ParentTrees::new(repo, parent.as_ref().map(|(_, s)| s.root_tree()));
     let timer = std::time::Instant::now();
-    let scan = scan::scan(&source, &scan_opts, progress)
-        .map_err(|e| ClientError::Usage(format!("{}: {}", e.path.display(), e.error)))?;
+    let scan = {
+        // A tree is reused only if its totals are known too (the snapshot's
+        // statistics need them); otherwise the directory is scanned.
+        let cache_ref = cache.as_deref();
+        let reuse = |rel: &[u8]| -> Option<(TreeId, TreeTotals)> {
+            let id = parent_trees.tree_id_at(rel)?;
+            Some((id, cache_ref?.totals(&id)?))
+        };
+        let scope = incremental.map(|inc| scan::Scope {
+            dirty: &inc.dirty,
+            reuse: &reuse,
+        });
+        let scan_opts = scan::ScanOptions {
+            excludes: &excludes,
+            skip: &skip,
+            one_file_system: opts.one_file_system,
+            owners: &owners,
+            scope: scope.as_ref(),
+        };
+        scan::scan(&source, &scan_opts, progress)
+            .map_err(|e| ClientError::Usage(format!("{}: {}", e.path.display(), e.error)))?
+    };
+    let reused = scan.dirs.iter().filter(|d| d.reused.is_some()).count();
     tracing::info!(
-        "scanned {} directories, {} files in {:?}",
-        scan.dirs.len(),
+        "scanned {} directories ({reused} reused unlisted), {} files in {:?}",
+        scan.dirs.len() - reused,
         scan.files.len(),
         timer.elapsed()
     );
-    // The cache only saves reading: a backup without it is slower, not wrong.
-    let mut cache = opts.cache_dir.as_ref().and_then(|dir| {
-        let path = cache_path(dir, repo);
-        FileCache::open(&path)
-            .inspect_err(|e| {
-                tracing::warn!(
-                    "reading every file: no file-state cache at {}: {e}",
-                    path.display()
-                )
-            })
-            .ok()
-    });
     // An entry learnt in another generation of the store (blobs were
     // removed since) still says the file is unchanged, but no longer that
     // the store holds its chunks: those are asked for before use.
     let generation = repo.generation()?;
-    let source_bytes = source.as_os_str().as_bytes();
     // Directories whose tree the last snapshot already had need no question.
     let known_trees = cache
         .as_ref()
         .filter(|_| trust_cache)
         .map(|c| c.known_trees(source_bytes, generation))
         .unwrap_or_default();
-    let parent = repo
-        .snapshots()?
-        .into_iter()
-        .rev()
-        .find(|(_, s)| s.machine == opts.machine && s.source == source_bytes);
 
     let pipeline = Pipeline {
         repo,
@@ -669,7 +739,7 @@ fn backup_once(
         progress,
         deltas: repo.prefers_deltas(),
         cached: cache.as_ref().map(|c| &c.known),
-        parent: ParentTrees::new(repo, parent.as_ref().map(|(_, s)| s.root_tree())),
+        parent: parent_trees,
         signatures: cache.as_ref().map(|c| &c.signatures),
         new_signatures: Mutex::default(),
     };
@@ -755,15 +825,14 @@ fn backup_once(
 
     tracing::info!("files done at {:?}", timer.elapsed());
     let mut errors = errors.into_inner().expect("errors");
-    let mut stats = SnapshotStats::default();
-    let trees = build_trees(
-        &pipeline,
-        &scan,
-        &results,
-        &known_trees,
-        &mut stats,
-        &mut errors,
-    )?;
+    let (trees, totals) = build_trees(&pipeline, &scan, &results, &known_trees, &mut errors)?;
+    let mut stats = SnapshotStats {
+        files: totals[0].files,
+        dirs: totals[0].dirs,
+        other: totals[0].other,
+        bytes: totals[0].bytes,
+        ..Default::default()
+    };
     let root = trees[0];
     tracing::info!("trees done at {:?}", timer.elapsed());
     let mut root_node = scan.dirs[0].node.clone();
@@ -791,7 +860,7 @@ fn backup_once(
         .into_inner()
         .expect("signatures")
         .into();
-    if let Some(cache) = &mut cache {
+    if let Some(cache) = cache {
         // Only files that were stable while read, and whose ctime is safely
         // before the backup started (a change within the same timestamp
         // tick would otherwise go unnoticed next time), are vouched for.
@@ -819,7 +888,15 @@ fn backup_once(
                 ))
             })
             .collect();
-        if let Err(e) = cache.record(source_bytes, generation, &entries, &trees, &signatures) {
+        let trees: Vec<(TreeId, TreeTotals)> = trees.iter().copied().zip(totals).collect();
+        if let Err(e) = cache.record(&Record {
+            source: source_bytes,
+            generation,
+            files: &entries,
+            trees: &trees,
+            signatures: &signatures,
+            complete: incremental.is_none(),
+        }) {
             tracing::warn!("could not update the file-state cache: {e}");
         }
     }
@@ -828,6 +905,16 @@ fn backup_once(
         snapshot,
         errors,
         transfer: None,
+        listed: Listed {
+            dirs: scan
+                .dirs
+                .iter()
+                .filter(|d| d.reused.is_none())
+                .map(|d| (d.rel.clone(), d.has_links))
+                .collect(),
+            reused: reused as u64,
+            complete: incremental.is_none(),
+        },
     })
 }
 
@@ -864,21 +951,28 @@ fn build_trees(
     scan: &Scan,
     results: &[Option<(FileContent, bool)>],
     known: &HashSet<TreeId>,
-    stats: &mut SnapshotStats,
     errors: &mut Vec<EntryError>,
-) -> Result<Vec<TreeId>, ClientError> {
+) -> Result<(Vec<TreeId>, Vec<TreeTotals>), ClientError> {
     let mut ids: Vec<Option<TreeId>> = vec![None; scan.dirs.len()];
+    let mut totals = vec![TreeTotals::default(); scan.dirs.len()];
     let mut encoder = BlobEncoder::new(p.level);
     // Encoded trees in the order they must be stored (children first).
     let mut encoded: Vec<(usize, TreeId, Vec<u8>)> = Vec::with_capacity(scan.dirs.len());
     for d in (0..scan.dirs.len()).rev() {
+        if let Some((id, t)) = scan.dirs[d].reused {
+            ids[d] = Some(id);
+            totals[d] = t;
+            continue;
+        }
+        let mut t = TreeTotals::default();
         let mut nodes = Vec::with_capacity(scan.dirs[d].entries.len());
         for e in &scan.dirs[d].entries {
             let mut n: Node = e.node.clone();
             match e.link {
                 Link::Dir(i) => {
                     n.subtree = Some(ids[i].expect("children are built before parents"));
-                    stats.dirs += 1;
+                    t.dirs += 1;
+                    t += totals[i];
                 }
                 Link::File(i) | Link::HardlinkOf(i) => {
                     let Some((c, _)) = &results[i] else {
@@ -903,10 +997,10 @@ fn build_trees(
                     }
                     n.chunks = c.chunks.clone();
                     n.extents = c.extents.clone();
-                    stats.files += 1;
-                    stats.bytes += c.size;
+                    t.files += 1;
+                    t.bytes += c.size;
                 }
-                Link::None => stats.other += 1,
+                Link::None => t.other += 1,
             }
             nodes.push(n);
         }
@@ -924,6 +1018,7 @@ fn build_trees(
         let id = TreeId::of(&bytes);
         encoded.push((d, id, bytes));
         ids[d] = Some(id);
+        totals[d] = t;
     }
     // A tree's id depends only on its contents, so every id is known before
     // anything is sent: one batched question finds the new trees (over a
@@ -966,8 +1061,10 @@ fn build_trees(
             p.counters.bytes_added.fetch_add(len, Relaxed);
         }
     }
-    Ok(ids
-        .into_iter()
-        .map(|id| id.expect("every tree built"))
-        .collect())
+    Ok((
+        ids.into_iter()
+            .map(|id| id.expect("every tree built"))
+            .collect(),
+        totals,
+    ))
 }

@@ -106,7 +106,7 @@ impl<'a> ParentTrees<'a> {
 
     /// The id of the parent snapshot's tree for the directory at `rel`
     /// (`/`-separated from the backup's root; empty for the root).
-    fn tree_id_at(&self, rel: &[u8]) -> Option<TreeId> {
+    pub fn tree_id_at(&self, rel: &[u8]) -> Option<TreeId> {
         let mut id = self.root?;
         for name in rel.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
             let tree = self.tree(id)?;

@@ -78,6 +78,156 @@ pub struct ClientConfig {
     /// Exclude patterns (gitignore syntax), added to the defaults.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// Where the client keeps its state (file-state cache, the daemon's
+    /// status and socket): the only place it writes, so `/` may be
+    /// read-only. Default for the daemon: [`DEFAULT_STATE_DIR`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// The background daemon (`homesync daemon`).
+    #[serde(default, skip_serializing_if = "DaemonConfig::is_default")]
+    pub daemon: DaemonConfig,
+}
+
+/// The daemon's state directory when the config names none.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/homesync";
+
+/// `[daemon]`: when the daemon takes snapshots and when it holds back.
+/// Durations are written like `30s`, `5m`, `2h`, `1day`.
+#[derive(Clone, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// A snapshot starts once no change was seen for this long (default 30s)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_period: Option<String>,
+    /// ...or at the latest this long after the first pending change
+    /// (default 5m): a file written continuously goes once per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<String>,
+    /// A full scan, the safety net under inotify, this often (default 1day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_scan_every: Option<String>,
+    /// On battery, wait while the charge is below this percentage
+    /// (default 20; 0 never waits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_battery_percent: Option<u8>,
+    /// Wait while the network is metered: NetworkManager's flag, or
+    /// `metered = true` below (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_on_metered: Option<bool>,
+    /// Treat the network as metered whatever NetworkManager says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metered: Option<bool>,
+    /// Upload at most this many bytes per second (`2MiB`, `500KiB`, `1000000`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_limit: Option<String>,
+    /// Where power supplies are described (default /sys/class/power_supply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_supply_dir: Option<PathBuf>,
+    /// Longest wait between attempts while the server is unreachable
+    /// (default 10m; the first retry comes after 15s, doubling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retry_delay: Option<String>,
+}
+
+/// The daemon's settings with defaults applied and values parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonSettings {
+    pub quiet_period: std::time::Duration,
+    pub max_delay: std::time::Duration,
+    pub full_scan_every: std::time::Duration,
+    pub min_battery_percent: u8,
+    pub pause_on_metered: bool,
+    pub metered: Option<bool>,
+    pub bandwidth_limit: Option<u64>,
+    pub power_supply_dir: PathBuf,
+    pub max_retry_delay: std::time::Duration,
+}
+
+impl DaemonConfig {
+    fn is_default(&self) -> bool {
+        *self == DaemonConfig::default()
+    }
+
+    /// Parses the values; errors name the field.
+    pub fn settings(&self) -> Result<DaemonSettings, (&'static str, String)> {
+        let dur = |field: &'static str, v: &Option<String>, default: u64| match v {
+            None => Ok(std::time::Duration::from_secs(default)),
+            Some(s) => parse_duration(s).map_err(|e| (field, e)),
+        };
+        let s = DaemonSettings {
+            quiet_period: dur("daemon.quiet_period", &self.quiet_period, 30)?,
+            max_delay: dur("daemon.max_delay", &self.max_delay, 300)?,
+            full_scan_every: dur("daemon.full_scan_every", &self.full_scan_every, 86_400)?,
+            min_battery_percent: self.min_battery_percent.unwrap_or(20),
+            pause_on_metered: self.pause_on_metered.unwrap_or(false),
+            metered: self.metered,
+            bandwidth_limit: self
+                .bandwidth_limit
+                .as_deref()
+                .map(parse_bytes)
+                .transpose()
+                .map_err(|e| ("daemon.bandwidth_limit", e))?,
+            power_supply_dir: self
+                .power_supply_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/sys/class/power_supply")),
+            max_retry_delay: dur("daemon.max_retry_delay", &self.max_retry_delay, 600)?,
+        };
+        if s.min_battery_percent > 100 {
+            return Err((
+                "daemon.min_battery_percent",
+                "must be a percentage, 0 to 100".into(),
+            ));
+        }
+        if s.max_delay < s.quiet_period {
+            return Err((
+                "daemon.max_delay",
+                "must not be shorter than daemon.quiet_period".into(),
+            ));
+        }
+        if s.full_scan_every.is_zero() {
+            return Err(("daemon.full_scan_every", "must be longer than 0s".into()));
+        }
+        Ok(s)
+    }
+}
+
+/// A duration like `30s`, `5m`, `2h`, `1day`, `1h 30m`, or `250ms`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like 30s, 5m, 2h or 1day ({e})"))
+}
+
+/// A byte count like `2MiB`, `500KiB`, `1GB`, or `1000000`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim();
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, kB, MB, GB)"
+            ));
+        }
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 2MiB or 500KiB"))?;
+    let v = (n * mult as f64) as u64;
+    if v == 0 {
+        return Err(format!("{s:?}: must be more than 0 bytes"));
+    }
+    Ok(v)
 }
 
 impl fmt::Debug for ClientConfig {
@@ -92,6 +242,8 @@ impl fmt::Debug for ClientConfig {
             .field("machine", &self.machine)
             .field("paths", &self.paths)
             .field("exclude", &self.exclude)
+            .field("state_dir", &self.state_dir)
+            .field("daemon", &self.daemon)
             .finish()
     }
 }
@@ -172,6 +324,15 @@ impl ClientConfig {
                 "must not hold an empty pattern".to_string(),
             ));
         }
+        if let Some(p) = self.state_dir.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(invalid(
+                "state_dir",
+                format!("must be an absolute path, not {}", p.display()),
+            ));
+        }
+        self.daemon
+            .settings()
+            .map_err(|(field, reason)| invalid(field, reason))?;
         Ok(())
     }
 
@@ -332,6 +493,37 @@ mod tests {
 
     const FP: &str = "0123456789abcdef0123456789ABCDEF0123456789abcdef0123456789abcdef";
 
+    #[test]
+    fn daemon_settings_parse_with_defaults_and_named_errors() {
+        let p = Path::new("/etc/homesync/client.toml");
+        let c = ClientConfig::parse("", p).unwrap();
+        let s = c.daemon.settings().unwrap();
+        assert_eq!(s.quiet_period.as_secs(), 30);
+        assert_eq!(s.max_delay.as_secs(), 300);
+        assert_eq!(s.full_scan_every.as_secs(), 86_400);
+        assert_eq!(s.bandwidth_limit, None);
+        let c = ClientConfig::parse(
+            "state_dir = \"/var/lib/hs\"\n[daemon]\nquiet_period = \"2s\"\nmax_delay = \"1m 30s\"\nbandwidth_limit = \"2MiB\"\n",
+            p,
+        )
+        .unwrap();
+        let s = c.daemon.settings().unwrap();
+        assert_eq!(s.quiet_period.as_secs(), 2);
+        assert_eq!(s.max_delay.as_secs(), 90);
+        assert_eq!(s.bandwidth_limit, Some(2 << 20));
+        let e = ClientConfig::parse("[daemon]\nquiet_period = \"soon\"\n", p).unwrap_err();
+        assert!(e.to_string().contains("daemon.quiet_period"), "{e}");
+        let e = ClientConfig::parse("[daemon]\nquiet_period = \"10m\"\n", p).unwrap_err();
+        assert!(e.to_string().contains("daemon.max_delay"), "{e}");
+        let e = ClientConfig::parse("[daemon]\nbandwidth_limit = \"2 parsecs\"\n", p).unwrap_err();
+        assert!(e.to_string().contains("bandwidth_limit"), "{e}");
+        let e = ClientConfig::parse("state_dir = \"var/lib\"\n", p).unwrap_err();
+        assert!(e.to_string().contains("state_dir"), "{e}");
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert_eq!(parse_bytes("1.5 kB").unwrap(), 1500);
+        assert!(parse_bytes("0").is_err());
+    }
+
     fn full() -> ClientConfig {
         ClientConfig {
             server: Some("backup.example.org:7443".into()),
@@ -340,6 +532,11 @@ mod tests {
             machine: Some("laptop".into()),
             paths: vec!["/home/ann".into(), "/etc".into()],
             exclude: vec!["*.tmp".into(), "/home/ann/Downloads".into()],
+            state_dir: Some("/var/lib/homesync".into()),
+            daemon: DaemonConfig {
+                quiet_period: Some("10s".into()),
+                ..Default::default()
+            },
         }
     }
 

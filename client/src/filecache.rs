@@ -14,10 +14,13 @@
 //!   before relying on it;
 //! - the trees of each source's last snapshot (with their generation), so
 //!   a backup need not ask the store about directories that did not change;
+//! - each tree's totals (files, directories, bytes below it), so an
+//!   incremental snapshot that reuses a tree can still count its contents;
 //! - delta signatures of chunks the client uploaded for files that change,
 //!   so the next small edit of such a file is encoded against them without
 //!   asking the server.
 
+use crate::scan::TreeTotals;
 use homesync_protocol::{ChunkId, Timestamp, TreeId};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::{HashMap, HashSet};
@@ -106,6 +109,31 @@ CREATE TABLE IF NOT EXISTS trees(
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 ";
 
+/// Added after schema 3 without a version change (the other tables stay
+/// valid), so it is created on every open.
+const TOTALS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tree_totals(
+    tree BLOB PRIMARY KEY NOT NULL,
+    files INTEGER NOT NULL, dirs INTEGER NOT NULL,
+    other INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    run INTEGER NOT NULL) WITHOUT ROWID;
+";
+
+/// One committed snapshot, as [`FileCache::record`] keeps it.
+pub struct Record<'a> {
+    pub source: &'a [u8],
+    /// The store generation the snapshot was taken in.
+    pub generation: u64,
+    /// The files the scan saw (all of them, or an incremental scan's).
+    pub files: &'a [((u64, u64), Cached)],
+    /// Every directory's tree with its totals, reused ones included.
+    pub trees: &'a [(TreeId, TreeTotals)],
+    pub signatures: &'a [(ChunkId, Vec<u8>)],
+    /// A full scan: what it did not see may be forgotten. An incremental
+    /// scan saw only what changed, so it forgets nothing.
+    pub complete: bool,
+}
+
 /// Signatures kept at most (about 12 KiB each for 1 MiB chunks): the
 /// chunks of files that changed lately, the likeliest to change again.
 pub const KEEP_SIGNATURES: usize = 4096;
@@ -180,6 +208,7 @@ impl FileCache {
             ))
             .map_err(&e)?;
         }
+        conn.execute_batch(TOTALS_SCHEMA).map_err(&e)?;
         let meta = |key: &str| -> Result<Option<i64>, crate::ClientError> {
             conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
                 .optional()
@@ -260,32 +289,83 @@ impl FileCache {
             .unwrap_or_default()
     }
 
-    /// Records a committed snapshot of `source`, taken in store
-    /// `generation`: its files, its trees, and new signatures; forgets what
-    /// was not seen for a while. One transaction.
-    pub fn record(
-        &mut self,
-        source: &[u8],
-        generation: u64,
-        files: &[((u64, u64), Cached)],
-        trees: &[TreeId],
-        signatures: &[(ChunkId, Vec<u8>)],
-    ) -> Result<(), crate::ClientError> {
+    /// The totals of a tree recorded by an earlier snapshot.
+    pub fn totals(&self, tree: &TreeId) -> Option<TreeTotals> {
+        self.conn
+            .prepare_cached("SELECT files, dirs, other, bytes FROM tree_totals WHERE tree = ?1")
+            .and_then(|mut st| {
+                st.query_row([&tree.0[..]], |r| {
+                    Ok(TreeTotals {
+                        files: r.get::<_, i64>(0)? as u64,
+                        dirs: r.get::<_, i64>(1)? as u64,
+                        other: r.get::<_, i64>(2)? as u64,
+                        bytes: r.get::<_, i64>(3)? as u64,
+                    })
+                })
+                .optional()
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Records a committed snapshot: its files, its trees, and new
+    /// signatures; after a full scan, forgets what was not seen for a
+    /// while. One transaction; the entries in memory follow.
+    pub fn record(&mut self, r: &Record) -> Result<(), crate::ClientError> {
         let e = err(&self.path);
         let tx = self.conn.transaction().map_err(&e)?;
         {
-            let ids: Vec<u8> = trees.iter().flat_map(|t| t.0).collect();
+            let mut ids: Vec<u8> = r.trees.iter().flat_map(|(t, _)| t.0).collect();
+            if !r.complete {
+                // An incremental snapshot adds to what the store is known
+                // to hold, in the same generation.
+                let old: Option<Vec<u8>> = tx
+                    .query_row(
+                        "SELECT ids FROM trees WHERE source = ?1 AND generation = ?2",
+                        params![r.source, r.generation as i64],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(&e)?;
+                if let Some(old) = old {
+                    let new: HashSet<&[u8]> = ids.chunks_exact(32).collect();
+                    let extra: Vec<u8> = old
+                        .chunks_exact(32)
+                        .filter(|c| !new.contains(c))
+                        .flatten()
+                        .copied()
+                        .collect();
+                    ids.extend(extra);
+                }
+            }
             tx.execute(
                 "INSERT OR REPLACE INTO trees(source, generation, ids) VALUES (?1, ?2, ?3)",
-                params![source, generation as i64, ids],
+                params![r.source, r.generation as i64, ids],
             )
             .map_err(&e)?;
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO tree_totals(tree, files, dirs, other, bytes, run)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(&e)?;
+            for (id, t) in r.trees {
+                st.execute(params![
+                    &id.0[..],
+                    t.files as i64,
+                    t.dirs as i64,
+                    t.other as i64,
+                    t.bytes as i64,
+                    self.run
+                ])
+                .map_err(&e)?;
+            }
             let mut st = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO signatures(chunk, signature, run) VALUES (?1, ?2, ?3)",
                 )
                 .map_err(&e)?;
-            for (id, sig) in signatures {
+            for (id, sig) in r.signatures {
                 st.execute(params![&id.0[..], sig, self.run]).map_err(&e)?;
             }
             let mut st = tx
@@ -294,7 +374,7 @@ impl FileCache {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(&e)?;
-            for ((dev, ino), c) in files {
+            for ((dev, ino), c) in r.files {
                 let chunks: Vec<u8> = c.chunks.iter().flat_map(|id| id.0).collect();
                 let extents: Vec<u8> = c
                     .extents
@@ -317,8 +397,15 @@ impl FileCache {
                 .map_err(&e)?;
             }
         }
-        tx.execute("DELETE FROM files WHERE run < ?1", [self.run - KEEP_RUNS])
+        if r.complete {
+            tx.execute("DELETE FROM files WHERE run < ?1", [self.run - KEEP_RUNS])
+                .map_err(&e)?;
+            tx.execute(
+                "DELETE FROM tree_totals WHERE run < ?1",
+                [self.run - KEEP_RUNS],
+            )
             .map_err(&e)?;
+        }
         tx.execute(
             "DELETE FROM signatures WHERE chunk IN
              (SELECT chunk FROM signatures ORDER BY run DESC LIMIT -1 OFFSET ?1)",
@@ -330,7 +417,17 @@ impl FileCache {
             [self.run],
         )
         .map_err(&e)?;
-        tx.commit().map_err(&e)
+        tx.commit().map_err(&e)?;
+        // A long-running client (the daemon) keeps using this cache.
+        if r.complete {
+            let seen: HashSet<(u64, u64)> = r.files.iter().map(|(k, _)| *k).collect();
+            self.known.0.retain(|k, _| seen.contains(k));
+        }
+        for (k, c) in r.files {
+            self.known.0.insert(*k, c.clone());
+        }
+        self.run += 1;
+        Ok(())
     }
 }
 
@@ -356,18 +453,39 @@ mod tests {
             ..c.clone()
         };
         let mut cache = FileCache::open(&p).unwrap();
+        let totals = TreeTotals {
+            files: 2,
+            dirs: 1,
+            other: 0,
+            bytes: 20,
+        };
         cache
-            .record(
-                b"/home/a",
-                7,
-                &[((1, 2), c.clone()), ((1, 5), unverified.clone())],
-                &[TreeId([9; 32])],
-                &[(ChunkId([4; 32]), vec![1, 2, 3])],
-            )
+            .record(&Record {
+                source: b"/home/a",
+                generation: 7,
+                files: &[((1, 2), c.clone()), ((1, 5), unverified.clone())],
+                trees: &[(TreeId([9; 32]), totals)],
+                signatures: &[(ChunkId([4; 32]), vec![1, 2, 3])],
+                complete: true,
+            })
+            .unwrap();
+        // An incremental snapshot adds to the known trees.
+        cache
+            .record(&Record {
+                source: b"/home/a",
+                generation: 7,
+                files: &[],
+                trees: &[(TreeId([8; 32]), totals)],
+                signatures: &[],
+                complete: false,
+            })
             .unwrap();
         drop(cache);
         let cache = FileCache::open(&p).unwrap();
         assert!(cache.known_trees(b"/home/a", 7).contains(&TreeId([9; 32])));
+        assert!(cache.known_trees(b"/home/a", 7).contains(&TreeId([8; 32])));
+        assert_eq!(cache.totals(&TreeId([9; 32])), Some(totals));
+        assert_eq!(cache.totals(&TreeId([7; 32])), None);
         assert!(cache.known_trees(b"/home/a", 8).is_empty());
         assert!(cache.known_trees(b"/home/b", 7).is_empty());
         assert_eq!(cache.signatures.get(&ChunkId([4; 32])), Some(vec![1, 2, 3]));

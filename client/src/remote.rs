@@ -61,7 +61,20 @@ pub struct RemoteRepository {
     blob_bytes: AtomicU64,
     delta_bytes: AtomicU64,
     deltas: AtomicU64,
+    /// Upload bandwidth limit, if any.
+    throttle: Mutex<Option<Throttle>>,
 }
+
+/// A token bucket over upload bytes: each upload pushes the time the link
+/// is free again by `bytes / rate`; a sender waits for whatever exceeds a
+/// short burst.
+struct Throttle {
+    rate: u64,
+    free_at: std::time::Instant,
+}
+
+/// Bytes a throttled client may send ahead of its rate.
+const BURST: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Accepts exactly the certificate whose BLAKE3 is the pinned fingerprint.
 #[derive(Debug)]
@@ -253,6 +266,7 @@ impl RemoteRepository {
             blob_bytes: AtomicU64::new(0),
             delta_bytes: AtomicU64::new(0),
             deltas: AtomicU64::new(0),
+            throttle: Mutex::new(None),
         })
     }
 
@@ -390,6 +404,33 @@ impl RemoteRepository {
         Ok(true)
     }
 
+    /// Limits uploads to `bytes_per_second` (the daemon's
+    /// `bandwidth_limit`); `None` lifts the limit.
+    pub fn set_rate_limit(&self, bytes_per_second: Option<u64>) {
+        *self.throttle.lock().unwrap_or_else(|e| e.into_inner()) =
+            bytes_per_second.filter(|&r| r > 0).map(|rate| Throttle {
+                rate,
+                free_at: std::time::Instant::now(),
+            });
+    }
+
+    /// Waits as long as the rate limit asks before sending `bytes`.
+    fn pace(&self, bytes: usize) {
+        let wait = {
+            let mut t = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(t) = t.as_mut() else { return };
+            let now = std::time::Instant::now();
+            t.free_at = t.free_at.max(now)
+                + std::time::Duration::from_secs_f64(bytes as f64 / t.rate as f64);
+            t.free_at
+                .saturating_duration_since(now)
+                .saturating_sub(BURST)
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+
     fn send_batch(&self, chunks: Vec<PutItem>, bytes: usize) -> Result<(), StoreError> {
         let ids = chunks.iter().map(|c| c.id).collect();
         self.send_pipelined(ids, Request::PutBatch { chunks }, bytes)
@@ -403,6 +444,7 @@ impl RemoteRepository {
         req: Request,
         bytes: usize,
     ) -> Result<(), StoreError> {
+        self.pace(bytes);
         let units = (bytes.div_ceil(UNIT) as u32).clamp(1, PIPELINE);
         let permit = self
             .runtime
@@ -541,6 +583,7 @@ impl Repository for RemoteRepository {
             blob: encoded.to_vec(),
         };
         self.drain()?;
+        self.pace(encoded.len());
         self.blob_bytes.fetch_add(encoded.len() as u64, Relaxed);
         match self.request(&req, Some(id))? {
             Response::Put { stored } => Ok(stored),
@@ -654,6 +697,7 @@ impl Repository for RemoteRepository {
         {
             return Ok(false);
         }
+        self.pace(delta.len());
         self.delta_bytes.fetch_add(delta.len() as u64, Relaxed);
         self.deltas.fetch_add(1, Relaxed);
         let req = Request::PutDelta {

@@ -3,12 +3,13 @@
 //! later, by the backup pipeline, and only for files the file-state cache
 //! cannot vouch for.
 
+use crate::dirty::{Dirty, Visit};
 use crate::error::EntryError;
 use crate::exclude::Excludes;
 use crate::meta;
 use crate::owners::Owners;
 use crate::progress::Progress;
-use homesync_protocol::{Node, NodeKind, Timestamp};
+use homesync_protocol::{Node, NodeKind, Timestamp, TreeId};
 use rustix::fs::{OFlags, ResolveFlags};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -62,6 +63,44 @@ pub struct ScanDir {
     /// The directory's own metadata.
     pub node: Node,
     pub entries: Vec<Entry>,
+    /// Not listed: unchanged since the previous snapshot, whose tree (and
+    /// its totals) this is. Only incremental scans reuse trees.
+    pub reused: Option<(TreeId, TreeTotals)>,
+    /// It holds a file with several names: an incremental scan lists it
+    /// whenever another such directory changes (an unlink elsewhere
+    /// changes which name is the first).
+    pub has_links: bool,
+}
+
+/// What a tree holds, counted recursively: the snapshot's statistics are
+/// the root's totals, and a reused tree brings its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeTotals {
+    pub files: u64,
+    pub dirs: u64,
+    pub other: u64,
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for TreeTotals {
+    fn add_assign(&mut self, o: TreeTotals) {
+        self.files += o.files;
+        self.dirs += o.dirs;
+        self.other += o.other;
+        self.bytes += o.bytes;
+    }
+}
+
+/// The previous snapshot's tree (and its totals) for an unchanged
+/// directory, by `rel`, if it can be reused.
+pub type Reuse<'a> = dyn Fn(&[u8]) -> Option<(TreeId, TreeTotals)> + 'a;
+
+/// What an incremental scan may skip: directories the dirty set does not
+/// mark are not listed when `reuse` supplies their tree from the previous
+/// snapshot (otherwise they are scanned after all).
+pub struct Scope<'a> {
+    pub dirty: &'a Dirty,
+    pub reuse: &'a Reuse<'a>,
 }
 
 /// Everything found under a root. `dirs[0]` is the root; every directory's
@@ -82,6 +121,8 @@ pub struct ScanOptions<'a> {
     pub skip: &'a [PathBuf],
     pub one_file_system: bool,
     pub owners: &'a Owners,
+    /// Incremental scan: list only what changed.
+    pub scope: Option<&'a Scope<'a>>,
 }
 
 fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
@@ -172,6 +213,8 @@ pub fn scan(
             rel: Vec::new(),
             node: root_node,
             entries: Vec::new(),
+            reused: None,
+            has_links: false,
         }],
         files: Vec::new(),
         errors: Vec::new(),
@@ -230,6 +273,7 @@ pub fn scan(
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let tagged_cache = opts.excludes.is_tagged_cache(&base);
         let mut entries = Vec::with_capacity(names.len());
+        let mut has_links = false;
         for name in names {
             if tagged_cache && name != OsStr::new("CACHEDIR.TAG") {
                 continue;
@@ -260,6 +304,14 @@ pub fn scan(
                 NodeKind::Dir => {
                     let i = s.dirs.len();
                     let cross = opts.one_file_system && m.dev() != root_dev;
+                    let reused = opts
+                        .scope
+                        .filter(|scope| !cross && scope.dirty.visit(&rel) == Visit::Reuse)
+                        .and_then(|scope| (scope.reuse)(&rel));
+                    // A mount point is kept as an empty directory, not entered.
+                    if !cross && reused.is_none() {
+                        stack.push(i);
+                    }
                     s.dirs.push(ScanDir {
                         path: path.clone(),
                         dev: m.dev(),
@@ -267,11 +319,9 @@ pub fn scan(
                         rel: rel.clone(),
                         node: node.clone(),
                         entries: Vec::new(),
+                        reused,
+                        has_links: false,
                     });
-                    // A mount point is kept as an empty directory, not entered.
-                    if !cross {
-                        stack.push(i);
-                    }
                     Link::Dir(i)
                 }
                 NodeKind::Symlink => match std::fs::read_link(&via) {
@@ -287,6 +337,7 @@ pub fn scan(
                 },
                 NodeKind::File => {
                     let key = (m.dev(), m.ino());
+                    has_links |= m.nlink() > 1;
                     if let Some((first, target)) = first_name.get(&key).filter(|_| m.nlink() > 1) {
                         node.kind = NodeKind::Hardlink;
                         node.target = target.clone();
@@ -314,6 +365,7 @@ pub fn scan(
             entries.push(Entry { node, link });
         }
         s.dirs[d].entries = entries;
+        s.dirs[d].has_links = has_links;
     }
     Ok(s)
 }
