@@ -558,8 +558,9 @@ pub fn run(opts: DaemonOptions) -> Result<(), ClientError> {
                             st.last_snapshot = Some(o.summary);
                         }
                         Err(why) => {
-                            let delay =
-                                retry.map_or(FIRST_RETRY, |(_, d)| (d * 2).min(s.max_retry_delay));
+                            let delay = retry
+                                .map_or(FIRST_RETRY, |(_, d)| d * 2)
+                                .min(s.max_retry_delay);
                             tracing::warn!(
                                 "snapshot of {} failed: {why}; changes are kept, next attempt in {delay:?}",
                                 src.root.display()
