@@ -394,6 +394,10 @@ fn pause_holds_snapshots_and_resume_sends_them() {
         "no snapshot while paused: {st}"
     );
     assert!(st["pending_dirs"].as_u64() >= Some(1), "{st}");
+    // The pause is saved: a restarted daemon would still hold.
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(d.state.join("daemon.json")).unwrap()).unwrap();
+    assert_eq!(saved["paused"], true, "{saved}");
 
     d.control(&["resume"]);
     d.wait_for_snapshot("the held change after resume");
