@@ -459,3 +459,33 @@ fn the_daemon_writes_nothing_outside_its_state_directory_on_a_read_only_root() {
     assert!(state.join("daemon.json").is_file());
     assert!(!dir.path().join("probe").exists());
 }
+
+#[test]
+fn hard_links_stay_links_across_incremental_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    let cred = server.add_machine("laptop", false);
+    let home = dir.path().join("home");
+    seed_home(&home);
+    write_file(&home.join("a/shared.bin"), &random_bytes(1, 50_000));
+    std::fs::create_dir_all(home.join("b")).unwrap();
+    std::fs::hard_link(home.join("a/shared.bin"), home.join("b/shared-too.bin")).unwrap();
+    let d = Daemon::start(&server, &cred, &home, dir.path());
+    let target = dir.path().join("restored");
+    d.assert_server_has(&home, &target);
+
+    // A change beside the second name only: the link is still recorded.
+    write_file(&home.join("b/other.txt"), b"beside the link");
+    d.wait_for_snapshot("a change beside a link");
+    d.assert_server_has(&home, &target);
+
+    // A new link, from a changed directory to a file in an untouched one.
+    std::fs::hard_link(home.join("Music/track.ogg"), home.join("b/track-link.ogg")).unwrap();
+    d.wait_for_snapshot("a new link to an untouched directory");
+    d.assert_server_has(&home, &target);
+
+    // The first name goes away: the other name carries the contents.
+    std::fs::remove_file(home.join("a/shared.bin")).unwrap();
+    d.wait_for_snapshot("the first name removed");
+    d.assert_server_has(&home, &target);
+}

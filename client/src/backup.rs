@@ -631,14 +631,14 @@ pub fn backup_with_cache(
     progress: &Progress,
 ) -> Result<BackupReport, ClientError> {
     let before = repo.transfer();
-    let mut report = match backup_once(repo, opts, cache.as_deref_mut(), progress, true) {
+    let mut report = match backup_once(repo, opts, cache.as_deref_mut(), progress, true, true) {
         Err(ClientError::Store(StoreError::Refused(why)))
             if cache.is_some() || opts.incremental.is_some() =>
         {
             tracing::warn!(
                 "the store refused this backup ({why}); reading every file again without the cache"
             );
-            backup_once(repo, opts, cache, progress, false)
+            backup_once(repo, opts, cache, progress, false, false)
         }
         r => r,
     }?;
@@ -654,6 +654,7 @@ fn backup_once(
     cache: Option<&mut FileCache>,
     progress: &Progress,
     trust_cache: bool,
+    allow_incremental: bool,
 ) -> Result<BackupReport, ClientError> {
     let start = now();
     let source = std::fs::canonicalize(&opts.source).map_err(|source| ClientError::Io {
@@ -670,7 +671,7 @@ fn backup_once(
         .collect();
     let source_bytes = source.as_os_str().as_bytes();
     let snapshots = repo.snapshots()?;
-    let incremental = opts.incremental.as_ref().filter(|_| trust_cache);
+    let incremental = opts.incremental.as_ref().filter(|_| allow_incremental);
     let parent = match incremental {
         Some(inc) => {
             let found = snapshots.into_iter().find(|(id, _)| *id == inc.parent);
@@ -712,6 +713,15 @@ fn backup_once(
         scan::scan(&source, &scan_opts, progress)
             .map_err(|e| ClientError::Usage(format!("{}: {}", e.path.display(), e.error)))?
     };
+    if incremental.is_some()
+        && let Some(path) = new_link_elsewhere(&scan, cache.as_deref().map(|c| &c.known))
+    {
+        tracing::info!(
+            "{} gained or lost a name the incremental scan did not list: scanning everything",
+            path.display()
+        );
+        return backup_once(repo, opts, cache, progress, trust_cache, false);
+    }
     let reused = scan.dirs.iter().filter(|d| d.reused.is_some()).count();
     tracing::info!(
         "scanned {} directories ({reused} reused unlisted), {} files in {:?}",
@@ -915,6 +925,31 @@ fn backup_once(
             reused: reused as u64,
             complete: incremental.is_none(),
         },
+    })
+}
+
+/// A file with more names than the scan saw, whose link count changed
+/// since the last snapshot (the cache no longer vouches for it): a new hard
+/// link to a file in a directory the incremental scan reused. Listing that
+/// directory is needed to record the link, and which one is unknown.
+/// (Names outside the source, unchanged, are no reason: a full scan would
+/// not see them either.)
+fn new_link_elsewhere(scan: &Scan, known: Option<&Known>) -> Option<PathBuf> {
+    let mut names: HashMap<usize, u64> = HashMap::new();
+    for d in &scan.dirs {
+        for e in &d.entries {
+            if let Link::HardlinkOf(i) = e.link {
+                *names.entry(i).or_default() += 1;
+            }
+        }
+    }
+    scan.files.iter().enumerate().find_map(|(i, job)| {
+        let seen = 1 + names.get(&i).copied().unwrap_or(0);
+        (job.nlink > seen
+            && known
+                .and_then(|k| k.lookup(job.dev, job.ino, job.size, job.mtime, job.ctime))
+                .is_none())
+        .then(|| scan.file_path(job))
     })
 }
 

@@ -31,6 +31,8 @@ pub struct FileJob {
     pub size: u64,
     pub mtime: Timestamp,
     pub ctime: Timestamp,
+    /// Names the file has (in and outside the source).
+    pub nlink: u64,
 }
 
 /// How an entry gets what lstat cannot tell.
@@ -352,6 +354,7 @@ pub fn scan(
                             size: m.size(),
                             mtime: node.mtime,
                             ctime: ctime_of(&m),
+                            nlink: m.nlink(),
                         });
                         progress.add_total(1, m.size());
                         if m.nlink() > 1 {
