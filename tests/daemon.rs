@@ -489,3 +489,69 @@ fn hard_links_stay_links_across_incremental_snapshots() {
     d.wait_for_snapshot("the first name removed");
     d.assert_server_has(&home, &target);
 }
+
+#[test]
+fn on_a_low_battery_snapshots_wait_until_mains_power_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    let cred = server.add_machine("laptop", false);
+    let home = dir.path().join("home");
+    seed_home(&home);
+    // A fake power_supply class: a battery at 12 %, mains offline.
+    let power = dir.path().join("power");
+    let supply = |name: &str, files: &[(&str, &str)]| {
+        std::fs::create_dir_all(power.join(name)).unwrap();
+        for (k, v) in files {
+            std::fs::write(power.join(name).join(k), format!("{v}\n")).unwrap();
+        }
+    };
+    supply(
+        "BAT0",
+        &[
+            ("type", "Battery"),
+            ("status", "Discharging"),
+            ("capacity", "12"),
+        ],
+    );
+    supply("AC", &[("type", "Mains"), ("online", "0")]);
+    let state = dir.path().join("state");
+    let config = dir.path().join("client.toml");
+    let text = Daemon::config_text(&server, &cred, &home, &state).replace(
+        "min_battery_percent = 0\n",
+        &format!(
+            "min_battery_percent = 20\npower_supply_dir = {:?}\n",
+            power.display().to_string()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("daemon.log");
+    let child = Command::new(bin())
+        .arg("daemon")
+        .env("HOMESYNC_CONFIG", &config)
+        .env("HOMESYNC_LOG", "info")
+        .env_remove("HOMESYNC_STATE_DIR")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let d = Daemon {
+        child,
+        state,
+        config,
+        log,
+        client: server.client(&cred, &home),
+    };
+    // Even the first snapshot waits.
+    d.wait_until("the hold", |st| st["activity"] == "holding");
+    let st = d.status().unwrap();
+    assert!(st["detail"].as_str().unwrap().contains("12%"), "{st}");
+    assert_eq!(st["snapshots"], 0, "{st}");
+    std::thread::sleep(MAX_DELAY * 2);
+    assert_eq!(d.status().unwrap()["snapshots"], 0);
+
+    supply("AC", &[("type", "Mains"), ("online", "1")]);
+    d.wait_until("a snapshot on mains power", |st| {
+        st["snapshots"].as_u64() >= Some(1) && st["activity"] == "idle"
+    });
+    d.assert_server_has(&home, &dir.path().join("restored"));
+}

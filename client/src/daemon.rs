@@ -65,7 +65,7 @@ pub struct DaemonOptions {
 
 /// The first retry after a failed snapshot; it doubles up to the maximum.
 const FIRST_RETRY: Duration = Duration::from_secs(15);
-/// How often a held snapshot (battery, metered) asks again.
+/// How often a held snapshot (battery, metered) asks again, at most.
 const HOLD_RECHECK: Duration = Duration::from_secs(60);
 
 struct Job {
@@ -354,7 +354,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), ClientError> {
                     if hold.is_none() {
                         tracing::info!("holding the snapshot: {why}");
                     }
-                    hold = Some((now + HOLD_RECHECK, why));
+                    hold = Some((now + HOLD_RECHECK.min(s.max_delay), why));
                 }
                 None => {
                     hold = None;

@@ -73,6 +73,17 @@ struct Throttle {
     free_at: std::time::Instant,
 }
 
+impl Throttle {
+    /// How long a sender of `bytes` at `now` waits.
+    fn wait(&mut self, now: std::time::Instant, bytes: usize) -> std::time::Duration {
+        self.free_at = self.free_at.max(now)
+            + std::time::Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+        self.free_at
+            .saturating_duration_since(now)
+            .saturating_sub(BURST)
+    }
+}
+
 /// Bytes a throttled client may send ahead of its rate.
 const BURST: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -419,12 +430,7 @@ impl RemoteRepository {
         let wait = {
             let mut t = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
             let Some(t) = t.as_mut() else { return };
-            let now = std::time::Instant::now();
-            t.free_at = t.free_at.max(now)
-                + std::time::Duration::from_secs_f64(bytes as f64 / t.rate as f64);
-            t.free_at
-                .saturating_duration_since(now)
-                .saturating_sub(BURST)
+            t.wait(std::time::Instant::now(), bytes)
         };
         if !wait.is_zero() {
             std::thread::sleep(wait);
@@ -721,5 +727,33 @@ impl Repository for RemoteRepository {
             delta_bytes: self.delta_bytes.load(Relaxed),
             deltas: self.deltas.load(Relaxed),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_throttle_holds_senders_to_the_rate_after_a_short_burst() {
+        let start = Instant::now();
+        let mut t = Throttle {
+            rate: 1_000_000,
+            free_at: start,
+        };
+        // 200 KB at 1 MB/s: within the burst, no wait.
+        assert_eq!(t.wait(start, 200_000), Duration::ZERO);
+        // 800 KB more: the link is busy until 1 s, minus the burst.
+        let w = t.wait(start, 800_000);
+        assert!((w.as_secs_f64() - 0.75).abs() < 1e-6, "{w:?}");
+        // Ten seconds later the bucket is empty again.
+        assert_eq!(
+            t.wait(start + Duration::from_secs(10), 100_000),
+            Duration::ZERO
+        );
+        // 4 MB sent at once from then on take 4 s at this rate.
+        let w = t.wait(start + Duration::from_secs(10), 4_000_000);
+        assert!((w.as_secs_f64() - (4.1 - 0.25)).abs() < 1e-6, "{w:?}");
     }
 }
