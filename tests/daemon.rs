@@ -44,25 +44,22 @@ impl Daemon {
         )
     }
 
-    fn start(server: &Server, credential: &str, home: &Path, dir: &Path) -> Daemon {
-        let state = dir.join("state");
-        let config = dir.join("client.toml");
-        std::fs::write(&config, Self::config_text(server, credential, home, &state)).unwrap();
-        Self::spawn(server, credential, home, dir, state, config, None)
-    }
-
-    fn spawn(
+    /// Starts a daemon with config `text` (written to `dir/client.toml`,
+    /// state in `dir/state`), through `sh -c WRAP` if given (which must
+    /// end by exec'ing the daemon). Does not wait for anything.
+    fn launch(
         server: &Server,
         credential: &str,
         home: &Path,
         dir: &Path,
-        state: PathBuf,
-        config: PathBuf,
+        text: &str,
         wrap: Option<String>,
     ) -> Daemon {
+        let state = dir.join("state");
+        let config = dir.join("client.toml");
+        std::fs::write(&config, text).unwrap();
         let log = dir.join("daemon.log");
-        let _g = START.lock().unwrap_or_else(|e| e.into_inner());
-        let mut cmd = match &wrap {
+        let mut cmd = match wrap {
             None => {
                 let mut c = Command::new(bin());
                 c.arg("daemon");
@@ -70,7 +67,7 @@ impl Daemon {
             }
             Some(script) => {
                 let mut c = Command::new("unshare");
-                c.args(["--mount", "--propagation", "private", "sh", "-c", script]);
+                c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
                 c
             }
         };
@@ -84,12 +81,33 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start homesync daemon");
-        let d = Daemon {
+        Daemon {
             child,
             state,
             config,
             log,
             client: server.client(credential, home),
+        }
+    }
+
+    /// A daemon with the test settings, once its first (full) snapshot is
+    /// done.
+    fn start(server: &Server, credential: &str, home: &Path, dir: &Path) -> Daemon {
+        let text = Self::config_text(server, credential, home, &dir.join("state"));
+        Self::start_with(server, credential, home, dir, &text, None)
+    }
+
+    fn start_with(
+        server: &Server,
+        credential: &str,
+        home: &Path,
+        dir: &Path,
+        text: &str,
+        wrap: Option<String>,
+    ) -> Daemon {
+        let d = {
+            let _g = START.lock().unwrap_or_else(|e| e.into_inner());
+            Self::launch(server, credential, home, dir, text, wrap)
         };
         d.wait_until("the first (full) snapshot", |st| {
             st["snapshots"].as_u64() >= Some(1) && st["activity"] == "idle"
@@ -104,7 +122,10 @@ impl Daemon {
             .env_remove("HOMESYNC_STATE_DIR")
             .output()
             .unwrap();
-        serde_json::from_slice(&out.stdout).ok()
+        // With --json an error is a JSON message too: only a status counts.
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .filter(|v| v.get("running").is_some())
     }
 
     fn log(&self) -> String {
@@ -284,29 +305,11 @@ fn an_event_queue_overflow_rescans_everything_and_loses_no_change() {
         let _g = START.lock().unwrap_or_else(|e| e.into_inner());
         let old = std::fs::read_to_string(knob).unwrap();
         std::fs::write(knob, "16").unwrap();
-        let state = dir.path().join("state");
-        let config = dir.path().join("client.toml");
-        std::fs::write(&config, Daemon::config_text(&server, &cred, &home, &state)).unwrap();
-        let log = dir.path().join("daemon.log");
-        let child = Command::new(bin())
-            .arg("daemon")
-            .env("HOMESYNC_CONFIG", &config)
-            .env("HOMESYNC_LOG", "info")
-            .env_remove("HOMESYNC_STATE_DIR")
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let text = Daemon::config_text(&server, &cred, &home, &dir.path().join("state"));
+        let d = Daemon::launch(&server, &cred, &home, dir.path(), &text, None);
         // Give it time to create its instance before restoring the knob.
-        let d = Daemon {
-            child,
-            state,
-            config,
-            log,
-            client: server.client(&cred, &home),
-        };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while d.status().is_none() && Instant::now() < deadline {
+        while d.status().is_none_or(|st| st["running"] != true) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         std::fs::write(knob, old.trim()).unwrap();
@@ -420,8 +423,6 @@ fn the_daemon_writes_nothing_outside_its_state_directory_on_a_read_only_root() {
     seed_home(&home);
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let config = dir.path().join("client.toml");
-    std::fs::write(&config, Daemon::config_text(&server, &cred, &home, &state)).unwrap();
     // In a private mount namespace: the home and the state directory stay
     // writable (bind mounts of themselves), then the root and every other
     // mount become read-only.
@@ -438,15 +439,8 @@ fn the_daemon_writes_nothing_outside_its_state_directory_on_a_read_only_root() {
         bin = shell_quote(bin().as_os_str()),
         probe = q(&dir.path().join("probe")),
     );
-    let d = Daemon::spawn(
-        &server,
-        &cred,
-        &home,
-        dir.path(),
-        state.clone(),
-        config,
-        Some(script),
-    );
+    let text = Daemon::config_text(&server, &cred, &home, &state);
+    let d = Daemon::start_with(&server, &cred, &home, dir.path(), &text, Some(script));
     write_file(&home.join("Documents/on-stateless.txt"), b"read-only root");
     d.wait_for_snapshot("a change on a read-only root");
     d.assert_server_has(&home, &dir.path().join("restored"));
@@ -514,33 +508,14 @@ fn on_a_low_battery_snapshots_wait_until_mains_power_returns() {
         ],
     );
     supply("AC", &[("type", "Mains"), ("online", "0")]);
-    let state = dir.path().join("state");
-    let config = dir.path().join("client.toml");
-    let text = Daemon::config_text(&server, &cred, &home, &state).replace(
+    let text = Daemon::config_text(&server, &cred, &home, &dir.path().join("state")).replace(
         "min_battery_percent = 0\n",
         &format!(
             "min_battery_percent = 20\npower_supply_dir = {:?}\n",
             power.display().to_string()
         ),
     );
-    std::fs::write(&config, text).unwrap();
-    let log = dir.path().join("daemon.log");
-    let child = Command::new(bin())
-        .arg("daemon")
-        .env("HOMESYNC_CONFIG", &config)
-        .env("HOMESYNC_LOG", "info")
-        .env_remove("HOMESYNC_STATE_DIR")
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let d = Daemon {
-        child,
-        state,
-        config,
-        log,
-        client: server.client(&cred, &home),
-    };
+    let d = Daemon::launch(&server, &cred, &home, dir.path(), &text, None);
     // Even the first snapshot waits.
     d.wait_until("the hold", |st| st["activity"] == "holding");
     let st = d.status().unwrap();
