@@ -9,6 +9,7 @@ mod common;
 use common::server::Server;
 use common::*;
 use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -257,6 +258,20 @@ fn created_modified_renamed_and_deleted_files_arrive_in_incremental_snapshots() 
     std::fs::remove_file(home.join("Music/track.ogg")).unwrap();
     let (_, last) = d.wait_for_snapshot("a deleted file");
     assert_eq!(last["files_read"], 0, "{last}");
+    d.assert_server_has(&home, &target);
+
+    // Metadata alone: a file's mode, a directory's mode, a new symlink.
+    std::fs::set_permissions(
+        home.join(".config/app/settings.ini"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(home.join("Music"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("../Music", home.join(".config/music-link")).unwrap();
+    let (_, last) = d.wait_for_snapshot("metadata changes");
+    // The mode change moved the file's ctime, so the cache no longer
+    // vouches for it: it is read once more, and nothing else is.
+    assert_eq!(last["files_read"], 1, "{last}");
     d.assert_server_has(&home, &target);
 
     // A renamed directory: its subtree moves with its watches.

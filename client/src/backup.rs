@@ -11,8 +11,8 @@ use crate::owners::Owners;
 use crate::progress::Progress;
 use crate::scan::{self, FileJob, Link, Scan, TreeTotals};
 use homesync_protocol::{
-    BlobEncoder, BlobId, BlobKind, ChunkId, ChunkerParams, Node, Repository, Snapshot, SnapshotId,
-    SnapshotStats, StoreError, Timestamp, Transfer, Tree, TreeId, delta,
+    BlobEncoder, BlobId, BlobKind, ChunkId, ChunkerParams, Node, NodeKind, Repository, Snapshot,
+    SnapshotId, SnapshotStats, StoreError, Timestamp, Transfer, Tree, TreeId, delta,
 };
 use rayon::prelude::*;
 use std::cell::{OnceCell, RefCell};
@@ -51,9 +51,10 @@ pub struct Incremental {
 /// What the scan of a backup listed, for the daemon.
 #[derive(Debug, Default)]
 pub struct Listed {
-    /// Every directory listed (`rel`), and whether it holds a file with
-    /// several names.
-    pub dirs: Vec<(Vec<u8>, bool)>,
+    /// Every directory listed or patched (`rel`), whether it holds a file
+    /// with several names, and whether it was listed in full (a patched
+    /// one looked at its changed names only).
+    pub dirs: Vec<(Vec<u8>, bool, bool)>,
     /// Directories whose trees came from the previous snapshot unlisted.
     pub reused: u64,
     /// A full scan: every directory was listed.
@@ -695,13 +696,12 @@ fn backup_once(
         // A tree is reused only if its totals are known too (the snapshot's
         // statistics need them); otherwise the directory is scanned.
         let cache_ref = cache.as_deref();
-        let reuse = |rel: &[u8]| -> Option<(TreeId, TreeTotals)> {
-            let id = parent_trees.tree_id_at(rel)?;
-            Some((id, cache_ref?.totals(&id)?))
-        };
+        let previous = |rel: &[u8]| parent_trees.tree_of(rel);
+        let totals = |id: &TreeId| cache_ref?.totals(id);
         let scope = incremental.map(|inc| scan::Scope {
             dirty: &inc.dirty,
-            reuse: &reuse,
+            previous: &previous,
+            totals: &totals,
         });
         let scan_opts = scan::ScanOptions {
             excludes: &excludes,
@@ -920,7 +920,7 @@ fn backup_once(
                 .dirs
                 .iter()
                 .filter(|d| d.reused.is_none())
-                .map(|d| (d.rel.clone(), d.has_links))
+                .map(|d| (d.rel.clone(), d.has_links, !d.patched))
                 .collect(),
             reused: reused as u64,
             complete: incremental.is_none(),
@@ -1036,6 +1036,13 @@ fn build_trees(
                     t.bytes += c.size;
                 }
                 Link::None => t.other += 1,
+                Link::Kept => match n.kind {
+                    NodeKind::File | NodeKind::Hardlink => {
+                        t.files += 1;
+                        t.bytes += n.size;
+                    }
+                    _ => t.other += 1,
+                },
             }
             nodes.push(n);
         }

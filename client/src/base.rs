@@ -116,6 +116,11 @@ impl<'a> ParentTrees<'a> {
         Some(id)
     }
 
+    /// The parent snapshot's tree of the directory at `rel`, decoded.
+    pub fn tree_of(&self, rel: &[u8]) -> Option<Arc<Tree>> {
+        self.tree(self.tree_id_at(rel)?)
+    }
+
     /// The parent snapshot's tree for the directory at `rel`, encoded: the
     /// base for a delta of the directory's new tree.
     pub fn tree_at(&self, rel: &[u8]) -> Option<(TreeId, Vec<u8>)> {

@@ -22,7 +22,7 @@
 use crate::backup::{self, BackupOptions, Incremental};
 use crate::config::DaemonSettings;
 use crate::control::{self, LastSnapshot, LiveProgress, Request, Response, Status, unix_now};
-use crate::dirty::{Dirty, Visit, parent};
+use crate::dirty::{Dirty, Visit, split};
 use crate::exclude::Excludes;
 use crate::filecache::FileCache;
 use crate::progress::Progress;
@@ -515,10 +515,10 @@ pub fn run(opts: DaemonOptions) -> Result<(), ClientError> {
                             if o.listed.complete {
                                 src.linked.clear();
                             }
-                            for (rel, linked) in &o.listed.dirs {
+                            for (rel, linked, whole) in &o.listed.dirs {
                                 if *linked {
                                     src.linked.insert(rel.clone());
-                                } else {
+                                } else if *whole {
                                     src.linked.remove(rel);
                                 }
                             }
@@ -526,8 +526,9 @@ pub fn run(opts: DaemonOptions) -> Result<(), ClientError> {
                             for e in &o.errors {
                                 if let Ok(rel) = e.path.strip_prefix(&src.root) {
                                     let rel = rel.as_os_str().as_bytes();
+                                    let (dir, name) = split(rel);
                                     dirty[i].deep(rel);
-                                    dirty[i].list(parent(rel));
+                                    dirty[i].changed(dir, name);
                                 }
                             }
                             if !dirty[i].is_empty() && src.first_change.is_none() {

@@ -9,14 +9,15 @@ use crate::exclude::Excludes;
 use crate::meta;
 use crate::owners::Owners;
 use crate::progress::Progress;
-use homesync_protocol::{Node, NodeKind, Timestamp, TreeId};
+use homesync_protocol::{Node, NodeKind, Timestamp, Tree, TreeId};
 use rustix::fs::{OFlags, ResolveFlags};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// A regular file whose contents the pipeline must supply.
 #[derive(Debug, Clone)]
@@ -46,6 +47,9 @@ pub enum Link {
     File(usize),
     /// A further name of `files[i]`, first seen elsewhere.
     HardlinkOf(usize),
+    /// Unchanged: the node as the previous snapshot recorded it, contents
+    /// included (a patched directory's untouched entries).
+    Kept,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +76,9 @@ pub struct ScanDir {
     /// whenever another such directory changes (an unlink elsewhere
     /// changes which name is the first).
     pub has_links: bool,
+    /// Not listed but patched: only the changed names were looked at, so
+    /// `has_links` speaks for those alone.
+    pub patched: bool,
 }
 
 /// What a tree holds, counted recursively: the snapshot's statistics are
@@ -93,16 +100,27 @@ impl std::ops::AddAssign for TreeTotals {
     }
 }
 
-/// The previous snapshot's tree (and its totals) for an unchanged
-/// directory, by `rel`, if it can be reused.
-pub type Reuse<'a> = dyn Fn(&[u8]) -> Option<(TreeId, TreeTotals)> + 'a;
-
 /// What an incremental scan may skip: directories the dirty set does not
-/// mark are not listed when `reuse` supplies their tree from the previous
-/// snapshot (otherwise they are scanned after all).
+/// mark keep their previous tree (when its totals are known; otherwise
+/// they are scanned after all), and directories with changed entries are
+/// patched: their previous tree, with only those names looked at again.
 pub struct Scope<'a> {
     pub dirty: &'a Dirty,
-    pub reuse: &'a Reuse<'a>,
+    /// The previous snapshot's tree of the directory at `rel`.
+    pub previous: &'a dyn Fn(&[u8]) -> Option<Arc<Tree>>,
+    /// The totals of a previous tree (what the file-state cache recorded).
+    pub totals: &'a dyn Fn(&TreeId) -> Option<TreeTotals>,
+}
+
+impl Scope<'_> {
+    /// The previous tree of unchanged directory `rel`, to reuse as is.
+    fn reuse(&self, rel: &[u8]) -> Option<(TreeId, TreeTotals)> {
+        let (dir, name) = crate::dirty::split(rel);
+        let tree = (self.previous)(dir)?;
+        let node = tree.nodes.iter().find(|n| n.name == name)?;
+        let id = node.subtree.filter(|_| node.kind == NodeKind::Dir)?;
+        Some((id, (self.totals)(&id)?))
+    }
 }
 
 /// Everything found under a root. `dirs[0]` is the root; every directory's
@@ -217,6 +235,7 @@ pub fn scan(
             entries: Vec::new(),
             reused: None,
             has_links: false,
+            patched: false,
         }],
         files: Vec::new(),
         errors: Vec::new(),
@@ -254,28 +273,92 @@ pub fn scan(
             }
         }
         let base = PathBuf::from(format!("/proc/self/fd/{}", dir_fd.as_raw_fd()));
-        let mut names: Vec<std::ffi::OsString> = match std::fs::read_dir(&base) {
-            Ok(rd) => rd
-                .filter_map(|e| match e {
-                    Ok(e) => Some(e.file_name()),
-                    Err(err) => {
-                        s.errors.push(EntryError::new(&dir_path, err));
-                        None
+        let tagged_cache = opts.excludes.is_tagged_cache(&base);
+        // A patched directory is not listed: its previous entries are kept
+        // but for the changed names (and subdirectories that are not
+        // reused), which are looked at again.
+        let previous = opts
+            .scope
+            .filter(|scope| !tagged_cache && scope.dirty.visit(&dir_rel) == Visit::Patch)
+            .and_then(|scope| Some((scope, (scope.previous)(&dir_rel)?)));
+        let mut entries = Vec::with_capacity(previous.as_ref().map_or(16, |(_, t)| t.nodes.len()));
+        let mut has_links = false;
+        let names: Vec<std::ffi::OsString> = match &previous {
+            Some((scope, tree)) => {
+                s.dirs[d].patched = true;
+                let changed = scope.dirty.names(&dir_rel);
+                let mut fresh: Vec<Vec<u8>> =
+                    changed.map_or(vec![], |c| c.iter().cloned().collect());
+                for node in &tree.nodes {
+                    if changed.is_some_and(|c| c.contains(&node.name)) {
+                        continue;
                     }
-                })
-                .collect(),
-            Err(e) => {
-                s.errors.push(EntryError::new(
-                    &dir_path,
-                    format!("cannot list directory: {e}"),
-                ));
-                continue;
+                    let rel = join_rel(&dir_rel, &node.name);
+                    let keep = match node.kind {
+                        NodeKind::Dir => match (scope.dirty.visit(&rel), node.subtree) {
+                            (Visit::Reuse, Some(id)) => (scope.totals)(&id).map(|t| (id, t)),
+                            _ => None,
+                        }
+                        .map(|reused| {
+                            let i = s.dirs.len();
+                            s.dirs.push(ScanDir {
+                                path: dir_path.join(OsStr::from_bytes(&node.name)),
+                                dev: 0,
+                                ino: 0,
+                                rel,
+                                node: node.clone(),
+                                entries: Vec::new(),
+                                reused: Some(reused),
+                                has_links: false,
+                                patched: false,
+                            });
+                            Link::Dir(i)
+                        }),
+                        // Which name of a linked file comes first depends
+                        // on the walk: looked at again (linked directories
+                        // are listed whole anyway).
+                        NodeKind::Hardlink => None,
+                        _ => Some(Link::Kept),
+                    };
+                    match keep {
+                        Some(link) => entries.push(Entry {
+                            node: node.clone(),
+                            link,
+                        }),
+                        None => fresh.push(node.name.clone()),
+                    }
+                }
+                fresh.sort();
+                fresh.dedup();
+                fresh
+                    .into_iter()
+                    .filter(|n| !n.is_empty() && !n.contains(&b'/'))
+                    .map(std::ffi::OsString::from_vec)
+                    .collect()
+            }
+            None => {
+                let mut names: Vec<std::ffi::OsString> = match std::fs::read_dir(&base) {
+                    Ok(rd) => rd
+                        .filter_map(|e| match e {
+                            Ok(e) => Some(e.file_name()),
+                            Err(err) => {
+                                s.errors.push(EntryError::new(&dir_path, err));
+                                None
+                            }
+                        })
+                        .collect(),
+                    Err(e) => {
+                        s.errors.push(EntryError::new(
+                            &dir_path,
+                            format!("cannot list directory: {e}"),
+                        ));
+                        continue;
+                    }
+                };
+                names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+                names
             }
         };
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        let tagged_cache = opts.excludes.is_tagged_cache(&base);
-        let mut entries = Vec::with_capacity(names.len());
-        let mut has_links = false;
         for name in names {
             if tagged_cache && name != OsStr::new("CACHEDIR.TAG") {
                 continue;
@@ -309,7 +392,7 @@ pub fn scan(
                     let reused = opts
                         .scope
                         .filter(|scope| !cross && scope.dirty.visit(&rel) == Visit::Reuse)
-                        .and_then(|scope| (scope.reuse)(&rel));
+                        .and_then(|scope| scope.reuse(&rel));
                     // A mount point is kept as an empty directory, not entered.
                     if !cross && reused.is_none() {
                         stack.push(i);
@@ -323,6 +406,7 @@ pub fn scan(
                         entries: Vec::new(),
                         reused,
                         has_links: false,
+                        patched: false,
                     });
                     Link::Dir(i)
                 }

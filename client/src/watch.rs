@@ -9,7 +9,7 @@
 //! overflow, and the subtrees that got no watch because the per-user watch
 //! limit was reached.
 
-use crate::dirty::{Dirty, join, parent};
+use crate::dirty::{Dirty, join, split};
 use crate::exclude::Excludes;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use std::collections::{BTreeSet, HashMap};
@@ -269,18 +269,22 @@ impl Watcher {
         let Some(name) = name else {
             // The watched directory itself: its metadata lives in its
             // parent's tree. Deleted or moved, its parent's watch reports it.
-            d.list(&dir);
-            d.list(parent(&dir));
-            if dir.is_empty() && mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
-                tracing::error!(
-                    "{} itself was moved or deleted; it is no longer watched",
-                    self.sources[src].root.display()
-                );
+            if dir.is_empty() {
+                d.touch(&dir);
+                if mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
+                    tracing::error!(
+                        "{} itself was moved or deleted; it is no longer watched",
+                        self.sources[src].root.display()
+                    );
+                }
+            } else {
+                let (parent, base) = split(&dir);
+                d.changed(parent, base);
             }
             return;
         };
         let rel = join(&dir, &name);
-        d.list(&dir);
+        d.changed(&dir, &name);
         if mask.contains(EventMask::ISDIR) {
             if mask.contains(EventMask::MOVED_FROM) {
                 self.unwatch_tree(src, &rel);
