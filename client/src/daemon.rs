@@ -719,6 +719,12 @@ impl Worker {
             *shared.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
             let result = self.snapshot(&job, &progress);
             *shared.progress.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            // A full scan's buffers were freed into the allocator's arenas;
+            // a daemon that then idles for hours should hand them back.
+            // SAFETY: malloc_trim only releases free memory of glibc's heap.
+            unsafe {
+                libc::malloc_trim(0);
+            }
             mailbox.send(Msg::Done(Box::new(Done {
                 src: job.src,
                 dirty: job.dirty,
