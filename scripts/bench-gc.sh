@@ -10,6 +10,8 @@
 #          limit; the days actually done are reported)
 #        RESTIC_SPLIT=1: time `restic forget` and `restic prune` apart instead of `forget --prune`
 #        NO_BORG=1: leave borg out even if it is installed
+#        SAVE_STORE=DIR: copy homesync's store there after `forget`, before `gc` (not timed), to
+#          profile or re-time gc on the same store: cp -a DIR S && homesync --repo S gc
 #   1. cp -a DATASET to W/src; day 0: first backup with each tool
 #   2. days 1..DAYS: mutate-home.py W/src --day D, then a backup with each tool
 #   3. retention --keep-last KEEP and space reclaim, timed with /usr/bin/time (wall, CPU, peak RSS):
@@ -158,6 +160,7 @@ echo "== retention --keep-last $KEEP and reclaim, $((DONE + 1)) snapshots each"
 SIZE[hs.before]=$(size "$HS"); V[hs.n_before]=$(count_hs)
 timed hs.forget "$H" --repo "$HS" forget --keep-last "$KEEP"; ok hs.forget 0
 SIZE[hs.mid]=$(size "$HS"); V[hs.n_after]=$(count_hs)
+if [ -n "${SAVE_STORE:-}" ]; then rm -rf "$SAVE_STORE"; cp -a "$HS" "$SAVE_STORE"; sync; fi
 timed hs.gc "$H" --repo "$HS" --json gc; ok hs.gc 0
 SIZE[hs.after]=$(size "$HS")
 for f in bytes_reclaimed blobs_deleted blob_bytes_deleted packs_deleted packs_rewritten deferred condemned; do

@@ -162,28 +162,45 @@ fn gc_killed_at_any_moment_leaves_a_store_the_next_run_finishes() {
     for id in &ids[..3] {
         hs.run(&[OsStr::new("forget"), OsStr::new(id)]).expect_ok();
     }
-    for delay_ms in [0u64, 15, 40, 80, 150] {
-        let mut child = Command::new(bin())
+    let gc_child = |repo: &Path| {
+        Command::new(bin())
             .arg("--repo")
-            .arg(&hs.repo)
+            .arg(repo)
             .args(["gc", "--rewrite-below", "0.99"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
+            .unwrap()
+    };
+    // How long a whole run takes here (on a copy), so that the kills land
+    // inside runs however fast collection becomes.
+    let probe = tmp.path().join("probe");
+    sh(
+        "cp",
+        &[OsStr::new("-a"), hs.repo.as_os_str(), probe.as_os_str()],
+        None,
+    );
+    let t = std::time::Instant::now();
+    assert!(gc_child(&probe).wait().unwrap().success());
+    let whole = t.elapsed();
+    let mut killed = 0;
+    for (i, eighths) in [0u32, 1, 2, 3, 5].into_iter().enumerate() {
+        let mut child = gc_child(&hs.repo);
+        std::thread::sleep(whole * eighths / 8);
         let _ = child.kill();
-        let _ = child.wait();
+        let status = child.wait().unwrap();
+        if std::os::unix::process::ExitStatusExt::signal(&status) == Some(9) {
+            killed += 1;
+        }
         // Whatever the moment, the store checks out and the kept snapshot
         // restores whole.
         hs.run(&[OsStr::new("check")]).expect_ok();
-        restore_and_compare(
-            &hs,
-            &ids[3],
-            &copy,
-            &tmp.path().join(format!("r{delay_ms}")),
-        );
+        restore_and_compare(&hs, &ids[3], &copy, &tmp.path().join(format!("r{i}")));
     }
+    assert!(
+        killed >= 3,
+        "only {killed} of 5 runs were interrupted (a whole run: {whole:?})"
+    );
     // The next runs finish the job: no pack file is unindexed or missing.
     gc(&hs);
     gc(&hs);

@@ -6,7 +6,7 @@
 
 use homesync_protocol::{BlobId, BlobKind, Snapshot, SnapshotId, StoreError};
 use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use crate::pack::PackEntry;
@@ -121,6 +121,16 @@ CREATE TABLE IF NOT EXISTS running_jobs(
 ) WITHOUT ROWID;
 ";
 
+/// Indexes added without a schema version of their own: an older homesync
+/// uses the same tables and SQLite keeps the index up to date for it. Made
+/// on every writable open (`IF NOT EXISTS`: nothing to do once made; a
+/// store of a million blobs takes a second or two the first time).
+/// `blobs_by_pack`: `blobs.pack` references `packs(id)` and the bundled
+/// SQLite enforces foreign keys, so without it every deleted pack row
+/// scanned the whole `blobs` table, as did every question about one pack's
+/// blobs (garbage collection asks for each pack it deletes or rewrites).
+const INDEXES: &str = "CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pack);";
+
 /// Where a blob is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobLocation {
@@ -226,6 +236,13 @@ impl Index {
                     "{}: schema version {v} is newer than this homesync ({SCHEMA_VERSION})",
                     path.display()
                 )));
+            }
+        }
+        if let Err(e) = conn.execute_batch(INDEXES) {
+            // Read-only media: only slower to collect garbage on, and that
+            // needs a writable store anyway.
+            if e.sqlite_error_code() != Some(rusqlite::ErrorCode::ReadOnly) {
+                return Err(named(e));
             }
         }
         Ok(Index { conn })
@@ -437,10 +454,21 @@ pub struct SessionRow {
 /// Bytes in a pack that index rows still point to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackUsage {
+    /// The pack's row id (a [`BlobRow::pack`]).
+    pub id: i64,
     pub name: String,
     pub size: u64,
     pub blobs: u64,
     pub live_bytes: u64,
+}
+
+/// A pack garbage collection wrote, durable, for [`Index::relocate`]: each
+/// entry with the id of the pack its blob was copied from.
+#[derive(Debug, Clone, Copy)]
+pub struct Relocated<'a> {
+    pub name: &'a str,
+    pub size: u64,
+    pub moves: &'a [(PackEntry, i64)],
 }
 
 /// What one sweep removed from the index.
@@ -645,86 +673,169 @@ impl Index {
         }))
     }
 
-    /// Every pack with the bytes index rows still point to.
+    /// Every pack with the bytes index rows still point to, by name: two
+    /// plain reads in one transaction. (The join this replaced scanned
+    /// `blobs` once per pack when it had no index by pack: 0.75 s for 85
+    /// packs of a 64,000-blob store.)
     pub fn pack_usage(&self) -> Result<Vec<PackUsage>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT p.name, p.size, COUNT(b.id), COALESCE(SUM(b.length), 0)
-                 FROM packs p LEFT JOIN blobs b ON b.pack = p.id GROUP BY p.id ORDER BY p.name",
-            )
-            .map_err(sql)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(PackUsage {
-                    name: r.get(0)?,
-                    size: r.get::<_, i64>(1)? as u64,
-                    blobs: r.get::<_, i64>(2)? as u64,
-                    live_bytes: r.get::<_, i64>(3)? as u64,
-                })
-            })
-            .map_err(sql)?;
-        rows.collect::<Result<_, _>>().map_err(sql)
-    }
-
-    /// The blobs whose rows point into pack `name`.
-    pub fn blobs_in_pack(&self, name: &str) -> Result<HashSet<BlobId>, StoreError> {
-        query_ids(
-            &self.conn,
-            "SELECT b.id FROM blobs b JOIN packs p ON p.id = b.pack WHERE p.name = ?1",
-            [name],
-        )
-    }
-
-    /// Points the rows of `entries` that are still in pack `old` at their
-    /// copies in the new, durable pack `new`, in one transaction.
-    pub fn relocate(
-        &mut self,
-        old: &str,
-        new: &str,
-        size: u64,
-        entries: &[PackEntry],
-    ) -> Result<(), StoreError> {
-        let tx = self.write_tx()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO packs(name, size) VALUES (?1, ?2)",
-            params![new, size as i64],
-        )
-        .map_err(sql)?;
-        tx.execute("DELETE FROM pack_claims WHERE name = ?1", [new])
-            .map_err(sql)?;
+        let tx = self.conn.unchecked_transaction().map_err(sql)?;
+        let mut per_pack: HashMap<i64, (u64, u64)> = HashMap::new();
         {
             let mut st = tx
-                .prepare(
-                    "UPDATE blobs SET pack = (SELECT id FROM packs WHERE name = ?1), offset = ?2, length = ?3
-                     WHERE id = ?4 AND pack = (SELECT id FROM packs WHERE name = ?5)",
-                )
+                .prepare("SELECT pack, COUNT(*), SUM(length) FROM blobs GROUP BY pack")
                 .map_err(sql)?;
-            for e in entries {
-                st.execute(params![
-                    new,
-                    e.offset as i64,
-                    e.length as i64,
-                    &e.id.0[..],
-                    old
-                ])
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
                 .map_err(sql)?;
+            for row in rows {
+                let (pack, blobs, bytes) = row.map_err(sql)?;
+                per_pack.insert(pack, (blobs.max(0) as u64, bytes.max(0) as u64));
             }
         }
-        tx.commit().map_err(sql)
+        let out = {
+            let mut st = tx
+                .prepare("SELECT id, name, size FROM packs ORDER BY name")
+                .map_err(sql)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, name, size) = row.map_err(sql)?;
+                let (blobs, live_bytes) = per_pack.get(&id).copied().unwrap_or((0, 0));
+                out.push(PackUsage {
+                    id,
+                    name,
+                    size: size.max(0) as u64,
+                    blobs,
+                    live_bytes,
+                });
+            }
+            out
+        };
+        tx.finish().map_err(sql)?;
+        Ok(out)
     }
 
-    /// Drops the row of pack `name` if no blob row points into it any more;
-    /// true if it did (the file may then be deleted).
-    pub fn remove_pack_if_empty(&mut self, name: &str) -> Result<bool, StoreError> {
-        self.conn
-            .execute(
-                "DELETE FROM packs WHERE name = ?1
-                 AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.pack = packs.id)",
-                [name],
-            )
-            .map(|n| n > 0)
-            .map_err(sql)
+    /// The rows of the blobs in packs `ids` (see [`PackUsage::id`]), by
+    /// pack, each pack's in offset order, read in one transaction.
+    pub fn rows_in_packs(
+        &self,
+        ids: &HashSet<i64>,
+    ) -> Result<HashMap<i64, Vec<BlobRow>>, StoreError> {
+        let tx = self.conn.unchecked_transaction().map_err(sql)?;
+        let mut out: HashMap<i64, Vec<BlobRow>> = HashMap::new();
+        {
+            let mut st = tx
+                .prepare("SELECT id, kind, offset, length FROM blobs WHERE pack = ?1")
+                .map_err(sql)?;
+            for &pack in ids {
+                let mut rows = st.query([pack]).map_err(sql)?;
+                let mut found = Vec::new();
+                while let Some(r) = rows.next().map_err(sql)? {
+                    let id: Vec<u8> = r.get(0).map_err(sql)?;
+                    let (kind, offset, length): (i64, i64, i64) = (
+                        r.get(1).map_err(sql)?,
+                        r.get(2).map_err(sql)?,
+                        r.get(3).map_err(sql)?,
+                    );
+                    let row = BlobId::from_slice(&id).and_then(|id| {
+                        Some(BlobRow {
+                            id,
+                            kind: u8::try_from(kind).ok().and_then(BlobKind::from_u8)?,
+                            pack,
+                            offset: u64::try_from(offset).ok()?,
+                            length: u32::try_from(length).ok()?,
+                        })
+                    });
+                    found.push(row.ok_or_else(|| {
+                        StoreError::Index(format!(
+                            "a malformed blob row in pack {pack} (kind {kind}, offset {offset}, length {length})"
+                        ))
+                    })?);
+                }
+                found.sort_by_key(|r| r.offset);
+                if !found.is_empty() {
+                    out.insert(pack, found);
+                }
+            }
+        }
+        tx.finish().map_err(sql)?;
+        Ok(out)
+    }
+
+    /// Records the durable packs `new` (written by garbage collection) and
+    /// points at them the rows of the blobs copied there, then drops the
+    /// rows of those packs of `old` no blob row points into any more, all in
+    /// one transaction. Returns the names of the packs dropped: their files
+    /// may then be deleted. A row that no longer points into the pack its
+    /// blob was copied from (a condemned blob uploaded again meanwhile lives
+    /// in the upload's pack) is left alone.
+    pub fn relocate(
+        &mut self,
+        new: &[Relocated<'_>],
+        old: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let tx = self.write_tx()?;
+        {
+            let mut add = tx
+                .prepare("INSERT OR IGNORE INTO packs(name, size) VALUES (?1, ?2)")
+                .map_err(sql)?;
+            let mut find = tx
+                .prepare("SELECT id FROM packs WHERE name = ?1")
+                .map_err(sql)?;
+            let mut unclaim = tx
+                .prepare("DELETE FROM pack_claims WHERE name = ?1")
+                .map_err(sql)?;
+            let mut mv = tx
+                .prepare(
+                    "UPDATE blobs SET pack = ?1, offset = ?2, length = ?3 WHERE id = ?4 AND pack = ?5",
+                )
+                .map_err(sql)?;
+            for n in new {
+                add.execute(params![n.name, n.size as i64]).map_err(sql)?;
+                let pack: i64 = find.query_row([n.name], |r| r.get(0)).map_err(sql)?;
+                unclaim.execute([n.name]).map_err(sql)?;
+                for (e, from) in n.moves {
+                    mv.execute(params![
+                        pack,
+                        e.offset as i64,
+                        e.length as i64,
+                        &e.id.0[..],
+                        from
+                    ])
+                    .map_err(sql)?;
+                }
+            }
+        }
+        let removed = remove_empty_packs(&tx, old)?;
+        tx.commit().map_err(sql)?;
+        Ok(removed)
+    }
+
+    /// Drops the rows of those packs of `names` no blob row points into, in
+    /// one transaction; returns the names dropped, whose files may then be
+    /// deleted.
+    pub fn remove_packs_if_empty(&mut self, names: &[String]) -> Result<Vec<String>, StoreError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tx = self.write_tx()?;
+        let removed = remove_empty_packs(&tx, names)?;
+        tx.commit().map_err(sql)?;
+        Ok(removed)
     }
 
     pub fn pack_names(&self) -> Result<HashSet<String>, StoreError> {
@@ -950,6 +1061,28 @@ fn running_jobs(conn: &Connection) -> Result<Vec<RunningJob>, StoreError> {
         })
         .map_err(sql)?;
     rows.collect::<Result<_, _>>().map_err(sql)
+}
+
+/// Drops, inside transaction `tx`, the rows of those packs of `names` no
+/// blob row points into; returns their names. (`blobs_by_pack` makes each
+/// question a lookup, not a scan of `blobs`.)
+fn remove_empty_packs(
+    tx: &rusqlite::Transaction<'_>,
+    names: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let mut delete = tx
+        .prepare_cached(
+            "DELETE FROM packs WHERE name = ?1
+             AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.pack = packs.id)",
+        )
+        .map_err(sql)?;
+    let mut removed = Vec::new();
+    for name in names {
+        if delete.execute([name]).map_err(sql)? > 0 {
+            removed.push(name.clone());
+        }
+    }
+    Ok(removed)
 }
 
 /// Ids of one kind from the first column of a query; a malformed one is
@@ -1187,5 +1320,51 @@ mod tests {
         let index = Index::open(&path, false).unwrap();
         assert!(index.running_jobs().unwrap().is_empty());
         assert_eq!(index.sessions().unwrap(), vec![]);
+        assert!(has_index(&index, "blobs_by_pack"));
+    }
+
+    fn has_index(index: &Index, name: &str) -> bool {
+        index
+            .conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1",
+                [name],
+                |_| Ok(()),
+            )
+            .optional()
+            .unwrap()
+            .is_some()
+    }
+
+    #[test]
+    fn a_pack_row_goes_only_when_no_blob_row_points_into_it_and_without_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::open(&dir.path().join("index.sqlite"), true).unwrap();
+        assert!(has_index(&index, "blobs_by_pack"));
+        let entry = |b: u8| PackEntry {
+            id: BlobId([b; 32]),
+            kind: BlobKind::Chunk,
+            offset: 8,
+            length: 10,
+        };
+        index.add_pack("full", 100, &[entry(1)]).unwrap();
+        index.add_pack("empty", 100, &[]).unwrap();
+        let names = ["full".to_string(), "empty".into(), "unknown".into()];
+        assert_eq!(index.remove_packs_if_empty(&names).unwrap(), ["empty"]);
+        assert_eq!(
+            index.pack_names().unwrap(),
+            HashSet::from(["full".to_string()])
+        );
+        // Deleting a pack row checks `blobs` (a foreign key): through the
+        // index, not by scanning the table.
+        let plan: Vec<String> = index
+            .conn
+            .prepare("EXPLAIN QUERY PLAN DELETE FROM packs WHERE name = 'x' AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.pack = packs.id)")
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan.iter().any(|l| l.contains("blobs_by_pack")), "{plan:?}");
     }
 }
