@@ -193,6 +193,54 @@ impl From<StoreError> for Fail {
     }
 }
 
+/// Owner, xattrs, mode and times of a FIFO, socket or device just created
+/// as `name` in `dir`. It is opened with `O_PATH | O_NOFOLLOW` and must
+/// still be of its kind; everything is then set through that descriptor
+/// (`chmod` has no no-follow form, so through its `/proc/self/fd` link,
+/// which leads to the opened inode itself). Someone who can write in the
+/// directory (its owner, on a resumed restore) and swaps the entry for a
+/// symlink to `/etc/shadow` meanwhile gets an error, not a changed
+/// `/etc/shadow`.
+fn special_meta(
+    dir: &OwnedFd,
+    name: &[u8],
+    node: &Node,
+    owner: Option<(Uid, Gid)>,
+) -> Result<(), Fail> {
+    let want = match node.kind {
+        NodeKind::Fifo => FileType::Fifo,
+        NodeKind::Socket => FileType::Socket,
+        NodeKind::CharDevice => FileType::CharacterDevice,
+        NodeKind::BlockDevice => FileType::BlockDevice,
+        k => unreachable!("{} is not a special file", k.name()),
+    };
+    let fd = rustix::fs::openat(
+        dir,
+        os(name),
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let found = FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode);
+    if found != want {
+        return Err(Fail {
+            msg: format!(
+                "replaced by a {found:?} while it was restored: its owner, mode and times are not set"
+            ),
+            corrupt: false,
+        });
+    }
+    if let Some((u, g)) = owner {
+        rustix::fs::chownat(&fd, "", Some(u), Some(g), AtFlags::EMPTY_PATH)?;
+    }
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    for (k, v) in &node.xattrs {
+        rustix::fs::setxattr(&link, os(k), v, XattrFlags::empty())?;
+    }
+    rustix::fs::chmod(&link, Mode::from_raw_mode(node.mode))?;
+    rustix::fs::utimensat(rustix::fs::CWD, &link, &times(node), AtFlags::empty())?;
+    Ok(())
+}
+
 /// Whether `path` is one of `filters`, below one, or above one.
 fn wanted(path: &[u8], filters: &[Vec<Vec<u8>>]) -> (bool, bool) {
     if filters.is_empty() {
@@ -266,9 +314,9 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    /// The same for an entry that cannot be opened (symlink, fifo, device,
-    /// socket), addressed as `name` in `dir` without following it.
-    fn apply_meta_at(&self, dir: &OwnedFd, name: &[u8], node: &Node) -> Result<(), Fail> {
+    /// The same for a symlink, addressed as `name` in `dir` without
+    /// following it (its mode is not set: Linux symlinks have none).
+    fn apply_meta_symlink(&self, dir: &OwnedFd, name: &[u8], node: &Node) -> Result<(), Fail> {
         if let Some((u, g)) = self.owner(node) {
             rustix::fs::chownat(dir, os(name), Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)?;
         }
@@ -280,14 +328,6 @@ impl Restorer<'_> {
             for (k, v) in &node.xattrs {
                 rustix::fs::lsetxattr(os(&p), os(k), v, XattrFlags::empty())?;
             }
-        }
-        if node.kind != NodeKind::Symlink {
-            rustix::fs::chmodat(
-                dir,
-                os(name),
-                Mode::from_raw_mode(node.mode),
-                AtFlags::empty(),
-            )?;
         }
         rustix::fs::utimensat(dir, os(name), &times(node), AtFlags::SYMLINK_NOFOLLOW)?;
         Ok(())
@@ -565,8 +605,10 @@ impl Restorer<'_> {
             }
             r => r?,
         }
-        if node.kind != NodeKind::Hardlink {
-            self.apply_meta_at(&dir, name, node)?;
+        match node.kind {
+            NodeKind::Hardlink => {}
+            NodeKind::Symlink => self.apply_meta_symlink(&dir, name, node)?,
+            _ => special_meta(&dir, name, node, self.owner(node))?,
         }
         self.files.fetch_add(1, Relaxed);
         self.progress.files_done.fetch_add(1, Relaxed);
@@ -852,6 +894,46 @@ mod tests {
         assert_eq!(wanted(b"a/c", &f), (false, false));
         assert_eq!(wanted(b"ab", &f), (false, false));
         assert_eq!(wanted(b"x", &[]), (true, false));
+    }
+
+    /// What a user racing a root restore in their own directory could do:
+    /// swap the FIFO just created for a symlink to a file they may not
+    /// change. The file's mode and times stay as they were.
+    #[test]
+    fn a_special_file_swapped_for_a_symlink_is_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let secret = tmp.path().join("secret");
+        std::fs::write(&secret, b"secret").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let before = std::fs::metadata(&secret).unwrap();
+        let home = tmp.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::os::unix::fs::symlink(&secret, home.join("fifo")).unwrap();
+        let dir: OwnedFd = File::open(&home).unwrap().into();
+        let mut node = Node::new(b"fifo".to_vec(), NodeKind::Fifo);
+        node.mode = 0o666;
+        node.mtime.sec = 1_000_000;
+        let err = special_meta(&dir, b"fifo", &node, None)
+            .err()
+            .expect("refused");
+        assert!(err.msg.contains("replaced by a Symlink"), "{}", err.msg);
+        let after = std::fs::metadata(&secret).unwrap();
+        assert_eq!(after.permissions().mode() & 0o7777, 0o600);
+        assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+
+        // The FIFO itself gets its mode and times.
+        std::fs::remove_file(home.join("fifo")).unwrap();
+        rustix::fs::mknodat(&dir, "fifo", FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+        special_meta(&dir, b"fifo", &node, None)
+            .ok()
+            .expect("metadata set");
+        let m = std::fs::symlink_metadata(home.join("fifo")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o666);
+        assert_eq!(
+            m.modified().unwrap(),
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)
+        );
     }
 
     #[test]
