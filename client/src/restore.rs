@@ -19,6 +19,7 @@ use crate::browse::{self, join, split_path};
 use crate::error::{ClientError, EntryError};
 use crate::owners::Owners;
 use crate::progress::Progress;
+use homesync_protocol::blob::MAX_PLAIN_LEN;
 use homesync_protocol::{BlobKind, ChunkId, Node, NodeKind, Repository, Snapshot, StoreError};
 use rayon::prelude::*;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
@@ -574,6 +575,15 @@ impl Restorer<'_> {
     /// Creates a symlink, fifo, socket, device or hardlink, replacing a
     /// non-directory already at its place.
     fn restore_special(&self, rel: &[u8], node: &Node) -> Result<(), Fail> {
+        if node.kind == NodeKind::Symlink && (node.target.is_empty() || node.target.contains(&0)) {
+            return Err(Fail {
+                msg: format!(
+                    "symlink target {:?} is empty or holds a NUL byte: no file system stores that",
+                    String::from_utf8_lossy(&node.target)
+                ),
+                corrupt: true,
+            });
+        }
         let (parent, name) = split_parent(rel);
         let dir = self.open_dir(parent)?;
         let create = || -> rustix::io::Result<()> {
@@ -624,9 +634,12 @@ impl Restorer<'_> {
         root: Node,
         filters: &[Vec<Vec<u8>>],
         items: &mut Vec<Item>,
-    ) {
+        max_entries: Option<u64>,
+    ) -> Result<(), ClientError> {
         let mut level: Vec<(Vec<u8>, Node)> = vec![(Vec::new(), root)];
         let mut depth = 0;
+        // Entries that take an inode (hardlinks share their file's).
+        let mut entries = 0u64;
         while !level.is_empty() {
             let mut dirs = Vec::new();
             for (rel, node) in level {
@@ -650,7 +663,28 @@ impl Restorer<'_> {
                     continue;
                 }
                 if matches!(node.kind, NodeKind::File | NodeKind::Hardlink) {
+                    // No blob holds more than MAX_PLAIN_LEN bytes: a larger
+                    // size is a lie (and would overflow the sums below).
+                    let most = (node.chunks.len() as u64).saturating_mul(MAX_PLAIN_LEN as u64);
+                    if node.data_len() > most {
+                        self.fail(
+                            &rel,
+                            Fail {
+                                msg: format!(
+                                    "records {} bytes of contents in {} chunks of at most {} MiB",
+                                    node.data_len(),
+                                    node.chunks.len(),
+                                    MAX_PLAIN_LEN >> 20
+                                ),
+                                corrupt: true,
+                            },
+                        );
+                        continue;
+                    }
                     self.progress.add_total(1, node.data_len());
+                }
+                if node.kind != NodeKind::Hardlink {
+                    entries += 1;
                 }
                 if let Some(sub) = node.subtree {
                     dirs.push((rel.clone(), sub));
@@ -675,11 +709,36 @@ impl Restorer<'_> {
                                 .map(|child| (join(&rel, &child.name), child)),
                         );
                     }
-                    Err(e) => self.fail(&rel, Fail::from(e)),
+                    Err(e) => self.fail(
+                        &rel,
+                        Fail {
+                            msg: format!("its entries are not restored: {e}"),
+                            corrupt: e.is_corruption(),
+                        },
+                    ),
                 }
+            }
+            // A tree may be the subtree of many directories (copies of a
+            // project), so a few small trees can name 2^40 entries: stop
+            // before the plan outgrows what the target could ever hold.
+            if let Some(most) = max_entries
+                && entries.saturating_add(level.len() as u64) > most
+            {
+                return Err(ClientError::Io {
+                    path: self.target.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::StorageFull,
+                        format!(
+                            "the snapshot has more than {most} entries (found {} so far), more \
+                             than this file system has inodes in all",
+                            entries.saturating_add(level.len() as u64)
+                        ),
+                    ),
+                });
             }
             depth += 1;
         }
+        Ok(())
     }
 }
 
@@ -740,7 +799,19 @@ pub fn restore(
         .thread_name(|i| format!("restore-{i}"))
         .build()
         .map_err(|e| ClientError::Usage(format!("starting restore workers: {e}")))?;
-    r.plan(&workers, snapshot.root.clone(), &filters, &mut items);
+    // Total inodes of the target's file system (0 where they are not
+    // counted, as on btrfs): no snapshot with more entries can be restored.
+    let max_entries = rustix::fs::fstatvfs(&r.root)
+        .ok()
+        .map(|fs| fs.f_files)
+        .filter(|&n| n > 0);
+    r.plan(
+        &workers,
+        snapshot.root.clone(),
+        &filters,
+        &mut items,
+        max_entries,
+    )?;
 
     // 1. Directories, parents first.
     let mut bad_dirs: Vec<Vec<u8>> = Vec::new();
@@ -794,7 +865,9 @@ pub fn restore(
     }
     // Stop before filling the disk: the run can be repeated once there is
     // room, and it resumes.
-    let needed: u64 = todo.iter().map(|it| it.node.data_len()).sum();
+    let needed = todo
+        .iter()
+        .fold(0u64, |n, it| n.saturating_add(it.node.data_len()));
     if let Ok(fs) = rustix::fs::fstatvfs(&r.root) {
         let free = fs.f_bavail.saturating_mul(fs.f_frsize);
         if needed > free {
