@@ -277,9 +277,9 @@ pub struct RestoreArgs {
     /// Keep recorded uid/gid numbers instead of mapping owner names
     #[arg(long)]
     pub numeric_ids: bool,
-    /// Create this file when the first phase is done (directories, small
-    /// and recent files, links): the user can log in while large old files
-    /// still arrive
+    /// Create this file when the first phase is done (the login files:
+    /// small files below each home's hidden entries, with their
+    /// directories): the user can log in while the rest still arrives
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
 }

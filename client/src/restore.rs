@@ -2,12 +2,20 @@
 //! parallel (temporary name, then rename) -> links and special files ->
 //! directory metadata last, deepest first.
 //!
-//! Ordered for use: small and recently modified files first, then the
-//! ready point (`on_ready`: the installer may let the user log in), then
-//! large old files. Resumable: a file already at its place with the
-//! snapshot's size, mtime and mode was completed by an earlier run (files
-//! are renamed into place only after contents and metadata), so it is not
-//! fetched again; temporary files an interrupted run left are removed.
+//! Ordered for use. First the login files (small files below the hidden
+//! entries at the top of the snapshot and of each home: `.bashrc`,
+//! `.config/...`), found by walking only those trees, within a budget of
+//! 1 % of the files and bytes; then the ready point (`on_ready`: the
+//! installer may let the user log in), long before the whole snapshot is
+//! walked; then everything else, recently modified files first, large old
+//! media last. (When the snapshot's byte count does not fit the target, or
+//! only some paths are restored, the whole plan comes first and the ready
+//! point follows the login files found in it.)
+//!
+//! Resumable: a file already at its place with the snapshot's size, mtime
+//! and mode was completed by an earlier run (files are renamed into place
+//! only after contents and metadata), so it is not fetched again;
+//! temporary files an interrupted run left are removed.
 //!
 //! Safety: nothing read from the store is trusted. Names were validated
 //! when trees were decoded; every directory is opened with `openat2` and
@@ -19,8 +27,8 @@ use crate::browse::{self, join, split_path};
 use crate::error::{ClientError, EntryError};
 use crate::owners::Owners;
 use crate::progress::Progress;
+use homesync_protocol::blob::MAX_PLAIN_LEN;
 use homesync_protocol::{BlobKind, ChunkId, Node, NodeKind, Repository, Snapshot, StoreError};
-use rayon::prelude::*;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
 use rustix::process::{Gid, Uid};
 use std::collections::HashSet;
@@ -32,7 +40,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// What is restored when the first phase ends.
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,7 +48,9 @@ pub struct Ready {
     /// Files (and other entries) restored or found in place so far.
     pub files: u64,
     pub bytes: u64,
-    /// Files and bytes still to come.
+    /// Files and bytes still to come: when the ready point comes before
+    /// the whole snapshot is walked, from the snapshot's own counts (whose
+    /// bytes include the holes of sparse files).
     pub files_left: u64,
     pub bytes_left: u64,
 }
@@ -55,8 +65,9 @@ pub struct RestoreOptions {
     pub paths: Vec<Vec<u8>>,
     /// Keep recorded uids/gids instead of mapping owner names to local ids.
     pub numeric_ids: bool,
-    /// Called once, when directories, small and recent files, links and
-    /// special files are in place (large old files still to come).
+    /// Called once, when the login files (and the directories on their
+    /// way) are in place and, as root, those directories have their owners:
+    /// the user may log in while the rest arrives.
     pub on_ready: Option<ReadyHook>,
 }
 
@@ -71,17 +82,84 @@ pub struct RestoreReport {
     pub warnings: Vec<String>,
 }
 
-/// Files up to this size are restored in the first phase whatever their age.
+/// Files up to this size may be login files (see [`login_file`]).
 const SMALL: u64 = 1 << 20;
 /// Files modified this long before the snapshot count as recent...
 const RECENT_SECS: i64 = 30 * 86_400;
-/// ...and go in the first phase unless larger than this.
+/// ...when no larger than this.
 const RECENT_MAX: u64 = 64 << 20;
+/// The first phase holds at most 1/FIRST_SHARE of the files and of the
+/// bytes to restore, so that it ends after a small part of the restore...
+const FIRST_SHARE: u64 = 100;
+/// ...but it may always hold this many files and bytes.
+const FIRST_MIN_FILES: u64 = 200;
+const FIRST_MIN_BYTES: u64 = 16 << 20;
 
-/// Whether a file belongs to the first phase of a restore.
-fn first_phase(node: &Node, snapshot_time: i64) -> bool {
-    let len = node.data_len();
-    len <= SMALL || (len <= RECENT_MAX && node.mtime.sec >= snapshot_time - RECENT_SECS)
+/// Whether a file is one a login reads: a small file below a hidden entry
+/// at the top of the snapshot or one level down (`.bashrc`, `.config/...`
+/// of a home, or of each home in a snapshot of `/home`), not in a cache or
+/// the trash.
+fn login_file(rel: &[u8], node: &Node) -> bool {
+    let hidden = |c: &[u8]| c.first() == Some(&b'.');
+    let mut comps = rel.split(|&b| b == b'/');
+    let top = comps.next().is_some_and(hidden) || comps.next().is_some_and(hidden);
+    top && node.data_len() <= SMALL
+        && !rel
+            .split(|&b| b == b'/')
+            .any(|c| c == b".cache" || c == b"Trash")
+}
+
+/// Whether a file was modified in the [`RECENT_SECS`] before the snapshot
+/// (not after it: a clock far off says nothing about use).
+fn recent(node: &Node, snapshot_time: i64) -> bool {
+    node.data_len() <= RECENT_MAX
+        && node.mtime.sec >= snapshot_time - RECENT_SECS
+        && node.mtime.sec <= snapshot_time + 86_400
+}
+
+/// How many files and bytes the first phase may hold, of `files` and
+/// `bytes` in all.
+fn first_budget(files: u64, bytes: u64) -> (u64, u64) {
+    (
+        (files / FIRST_SHARE).max(FIRST_MIN_FILES),
+        (bytes / FIRST_SHARE).max(FIRST_MIN_BYTES),
+    )
+}
+
+/// Splits the files to restore into the first phase (login files, in path
+/// order, within [`first_budget`]) and the rest, ordered for use: recent
+/// files first, then the others, each most recently modified first (large
+/// old media last).
+fn order_for_use(todo: Vec<&Item>, snapshot_time: i64) -> (Vec<&Item>, Vec<&Item>) {
+    let total = todo
+        .iter()
+        .fold(0u64, |n, it| n.saturating_add(it.node.data_len()));
+    let (max_files, max_bytes) = first_budget(todo.len() as u64, total);
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let (first, mut rest): (Vec<&Item>, Vec<&Item>) = todo.into_iter().partition(|it| {
+        let len = it.node.data_len();
+        let fits = files < max_files && bytes.saturating_add(len) <= max_bytes;
+        if fits && login_file(&it.rel, &it.node) {
+            files += 1;
+            bytes += len;
+            true
+        } else {
+            false
+        }
+    });
+    rest.sort_by_key(|it| (!recent(&it.node, snapshot_time), -it.node.mtime.sec));
+    (first, rest)
+}
+
+/// What the first phase did when it ran before the full plan.
+#[derive(Default)]
+struct Early {
+    /// Entries restored, found in place or failed: not to be done again.
+    done: HashSet<Vec<u8>>,
+    new_dirs: HashSet<Vec<u8>>,
+    bad_dirs: Vec<Vec<u8>>,
+    skipped: u64,
+    skipped_bytes: u64,
 }
 
 struct Item {
@@ -128,10 +206,17 @@ const SHARED_BUDGET: usize = 256 << 20;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Files restored at once.
-const RESTORE_WORKERS: usize = 8;
-/// Chunks of one file fetched at once (memory: workers x window x 4 MiB).
+/// Files of one chunk (most files) restored at once: each is a round trip
+/// to a server, so many are in flight...
+const SMALL_WORKERS: usize = 16;
+/// ...and files of several chunks, each fetching up to [`FETCH_WINDOW`]
+/// chunks at once. Together at most 32 requests, what the server allows
+/// on one connection. Memory: at most (16 + 4 x 4) chunks of at most
+/// 4 MiB, plus the shared chunks ([`SHARED_BUDGET`]).
+const LARGE_WORKERS: usize = 4;
 const FETCH_WINDOW: usize = 4;
+/// Trees fetched at once while planning.
+const TREE_FETCHERS: usize = 32;
 
 fn tmp_name() -> String {
     format!(
@@ -164,6 +249,7 @@ fn times(node: &Node) -> Timestamps {
 }
 
 /// Why one entry failed; `corrupt` marks damage in the store.
+#[derive(Debug)]
 struct Fail {
     msg: String,
     corrupt: bool,
@@ -191,6 +277,54 @@ impl From<StoreError> for Fail {
             msg: e.to_string(),
         }
     }
+}
+
+/// Owner, xattrs, mode and times of a FIFO, socket or device just created
+/// as `name` in `dir`. It is opened with `O_PATH | O_NOFOLLOW` and must
+/// still be of its kind; everything is then set through that descriptor
+/// (`chmod` has no no-follow form, so through its `/proc/self/fd` link,
+/// which leads to the opened inode itself). Someone who can write in the
+/// directory (its owner, on a resumed restore) and swaps the entry for a
+/// symlink to `/etc/shadow` meanwhile gets an error, not a changed
+/// `/etc/shadow`.
+fn special_meta(
+    dir: &OwnedFd,
+    name: &[u8],
+    node: &Node,
+    owner: Option<(Uid, Gid)>,
+) -> Result<(), Fail> {
+    let want = match node.kind {
+        NodeKind::Fifo => FileType::Fifo,
+        NodeKind::Socket => FileType::Socket,
+        NodeKind::CharDevice => FileType::CharacterDevice,
+        NodeKind::BlockDevice => FileType::BlockDevice,
+        k => unreachable!("{} is not a special file", k.name()),
+    };
+    let fd = rustix::fs::openat(
+        dir,
+        os(name),
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let found = FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode);
+    if found != want {
+        return Err(Fail {
+            msg: format!(
+                "replaced by a {found:?} while it was restored: its owner, mode and times are not set"
+            ),
+            corrupt: false,
+        });
+    }
+    if let Some((u, g)) = owner {
+        rustix::fs::chownat(&fd, "", Some(u), Some(g), AtFlags::EMPTY_PATH)?;
+    }
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    for (k, v) in &node.xattrs {
+        rustix::fs::setxattr(&link, os(k), v, XattrFlags::empty())?;
+    }
+    rustix::fs::chmod(&link, Mode::from_raw_mode(node.mode))?;
+    rustix::fs::utimensat(rustix::fs::CWD, &link, &times(node), AtFlags::empty())?;
+    Ok(())
 }
 
 /// Whether `path` is one of `filters`, below one, or above one.
@@ -266,9 +400,9 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    /// The same for an entry that cannot be opened (symlink, fifo, device,
-    /// socket), addressed as `name` in `dir` without following it.
-    fn apply_meta_at(&self, dir: &OwnedFd, name: &[u8], node: &Node) -> Result<(), Fail> {
+    /// The same for a symlink, addressed as `name` in `dir` without
+    /// following it (its mode is not set: Linux symlinks have none).
+    fn apply_meta_symlink(&self, dir: &OwnedFd, name: &[u8], node: &Node) -> Result<(), Fail> {
         if let Some((u, g)) = self.owner(node) {
             rustix::fs::chownat(dir, os(name), Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)?;
         }
@@ -281,33 +415,28 @@ impl Restorer<'_> {
                 rustix::fs::lsetxattr(os(&p), os(k), v, XattrFlags::empty())?;
             }
         }
-        if node.kind != NodeKind::Symlink {
-            rustix::fs::chmodat(
-                dir,
-                os(name),
-                Mode::from_raw_mode(node.mode),
-                AtFlags::empty(),
-            )?;
-        }
         rustix::fs::utimensat(dir, os(name), &times(node), AtFlags::SYMLINK_NOFOLLOW)?;
         Ok(())
     }
 
-    fn make_dir(&self, rel: &[u8]) -> Result<(), Fail> {
+    /// Creates directory `rel` (its parent exists); true when it was not
+    /// there before.
+    fn make_dir(&self, rel: &[u8]) -> Result<bool, Fail> {
         let (parent, name) = split_parent(rel);
         let dir = self.open_dir(parent)?;
         match rustix::fs::mkdirat(&dir, os(name), Mode::from_raw_mode(0o700)) {
             Err(rustix::io::Errno::EXIST) => {
                 let st = rustix::fs::statat(&dir, os(name), AtFlags::SYMLINK_NOFOLLOW)?;
-                if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-                    // A symlink or file where the snapshot has a directory:
-                    // replace it, never follow it.
-                    rustix::fs::unlinkat(&dir, os(name), AtFlags::empty())?;
-                    rustix::fs::mkdirat(&dir, os(name), Mode::from_raw_mode(0o700))?;
+                if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                    return Ok(false);
                 }
-                Ok(())
+                // A symlink or file where the snapshot has a directory:
+                // replace it, never follow it.
+                rustix::fs::unlinkat(&dir, os(name), AtFlags::empty())?;
+                rustix::fs::mkdirat(&dir, os(name), Mode::from_raw_mode(0o700))?;
+                Ok(true)
             }
-            r => Ok(r?),
+            r => r.map(|()| true).map_err(Fail::from),
         }
     }
 
@@ -368,12 +497,25 @@ impl Restorer<'_> {
     fn write_contents(&self, file: &File, node: &Node) -> Result<u64, Fail> {
         let mut written = 0u64;
         if node.is_dense() {
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
             // A few chunks of a large file are fetched at once (a round
-            // trip each from a server), then written in order.
+            // trip each from a server), then written in order. Chunks are
+            // at least 256 KiB (but a file's last), so each is written as
+            // it is: a buffer would only copy them.
+            let mut w = file;
             for window in node.chunks.chunks(FETCH_WINDOW) {
-                let fetched: Vec<Result<Vec<u8>, Fail>> =
-                    window.par_iter().map(|&c| self.fetch(c)).collect();
+                let fetched: Vec<Result<Vec<u8>, Fail>> = match window {
+                    [c] => vec![self.fetch(*c)],
+                    [c, more @ ..] => std::thread::scope(|s| {
+                        let more: Vec<_> = more
+                            .iter()
+                            .map(|&c| s.spawn(move || self.fetch(c)))
+                            .collect();
+                        std::iter::once(self.fetch(*c))
+                            .chain(more.into_iter().map(|h| h.join().expect("chunk fetch")))
+                            .collect()
+                    }),
+                    [] => vec![],
+                };
                 for data in fetched {
                     let data = data?;
                     w.write_all(&data)?;
@@ -383,7 +525,6 @@ impl Restorer<'_> {
                         .fetch_add(data.len() as u64, Relaxed);
                 }
             }
-            w.flush()?;
         } else {
             // Holes stay holes: size first, then each data region in place.
             file.set_len(node.size)?;
@@ -463,14 +604,33 @@ impl Restorer<'_> {
         }
     }
 
-    /// Restores file contents (in parallel on the worker pool).
-    fn restore_contents(&self, workers: &rayon::ThreadPool, items: &[&Item]) {
-        workers.install(|| {
-            items.par_iter().for_each(|it| {
+    /// Restores file contents: files of one chunk and files of several on
+    /// workers of their own (the former wait for round trips, the latter
+    /// for bandwidth), each kind taken in the order given.
+    fn restore_contents(&self, items: &[&Item]) {
+        let (large, small): (Vec<&Item>, Vec<&Item>) =
+            items.iter().partition(|it| it.node.chunks.len() > 1);
+        let run = |list: &[&Item], next: &AtomicUsize| {
+            while let Some(it) = list.get(next.fetch_add(1, Relaxed)) {
                 if let Err(e) = self.restore_file(&it.rel, &it.node) {
                     self.fail(&it.rel, e);
                 }
-            })
+            }
+        };
+        let (next_small, next_large) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            let workers = (0..SMALL_WORKERS.min(small.len()))
+                .map(|i| (format!("restore-{i}"), &small, &next_small))
+                .chain(
+                    (0..LARGE_WORKERS.min(large.len()))
+                        .map(|i| (format!("restore-large-{i}"), &large, &next_large)),
+                );
+            for (name, list, next) in workers {
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn_scoped(s, || run(list, next))
+                    .expect("starting a restore worker");
+            }
         });
     }
 
@@ -534,6 +694,15 @@ impl Restorer<'_> {
     /// Creates a symlink, fifo, socket, device or hardlink, replacing a
     /// non-directory already at its place.
     fn restore_special(&self, rel: &[u8], node: &Node) -> Result<(), Fail> {
+        if node.kind == NodeKind::Symlink && (node.target.is_empty() || node.target.contains(&0)) {
+            return Err(Fail {
+                msg: format!(
+                    "symlink target {:?} is empty or holds a NUL byte: no file system stores that",
+                    String::from_utf8_lossy(&node.target)
+                ),
+                corrupt: true,
+            });
+        }
         let (parent, name) = split_parent(rel);
         let dir = self.open_dir(parent)?;
         let create = || -> rustix::io::Result<()> {
@@ -565,80 +734,311 @@ impl Restorer<'_> {
             }
             r => r?,
         }
-        if node.kind != NodeKind::Hardlink {
-            self.apply_meta_at(&dir, name, node)?;
+        match node.kind {
+            NodeKind::Hardlink => {}
+            NodeKind::Symlink => self.apply_meta_symlink(&dir, name, node)?,
+            _ => special_meta(&dir, name, node, self.owner(node))?,
         }
         self.files.fetch_add(1, Relaxed);
         self.progress.files_done.fetch_add(1, Relaxed);
         Ok(())
     }
 
-    /// Collects the items to restore, level by level (parents before
-    /// children), fetching each level's trees in parallel: over a network
+    /// Collects the items to restore, sorted by path (so parents come
+    /// before their children). Trees are fetched [`TREE_FETCHERS`] at once,
+    /// each directory's as soon as its parent's has arrived: over a network
     /// each tree is a round trip, and a home has thousands.
     fn plan(
         &self,
-        workers: &rayon::ThreadPool,
+        planners: &rayon::ThreadPool,
         root: Node,
         filters: &[Vec<Vec<u8>>],
-        items: &mut Vec<Item>,
-    ) {
-        let mut level: Vec<(Vec<u8>, Node)> = vec![(Vec::new(), root)];
-        let mut depth = 0;
-        while !level.is_empty() {
+        max_entries: Option<u64>,
+    ) -> Result<Vec<Item>, ClientError> {
+        let p = Planning {
+            filters,
+            max_entries: max_entries.unwrap_or(u64::MAX),
+            items: Mutex::new(Vec::new()),
+            entries: AtomicU64::new(0),
+        };
+        let pr = &p;
+        planners.scope(|s| {
             let mut dirs = Vec::new();
-            for (rel, node) in level {
-                let (inside, above) = wanted(&rel, filters);
-                if !inside && !above {
-                    continue;
+            self.plan_entries(pr, vec![(Vec::new(), root)], 0, &mut dirs);
+            for (rel, sub) in dirs {
+                s.spawn(move |s| self.plan_tree(s, pr, rel, sub, 1));
+            }
+        });
+        let entries = p.entries.load(Relaxed);
+        if entries > p.max_entries {
+            // A tree may be the subtree of many directories (copies of a
+            // project), so a few small trees can name 2^40 entries: the
+            // plan stops before it outgrows what the target could hold.
+            return Err(ClientError::Io {
+                path: self.target.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!(
+                        "the snapshot has more than {} entries (found {entries} before \
+                         stopping), more than this file system has inodes in all",
+                        p.max_entries
+                    ),
+                ),
+            });
+        }
+        let mut items = p.items.into_inner().expect("plan");
+        items.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+        Ok(items)
+    }
+
+    /// Fetches the tree of directory `rel`, plans its entries and starts
+    /// on its subdirectories.
+    fn plan_tree<'s>(
+        &'s self,
+        s: &rayon::Scope<'s>,
+        p: &'s Planning<'_>,
+        rel: Vec<u8>,
+        sub: homesync_protocol::TreeId,
+        depth: usize,
+    ) {
+        if p.entries.load(Relaxed) > p.max_entries {
+            return;
+        }
+        match browse::load_tree(self.repo, sub) {
+            Ok(tree) => {
+                let children = tree
+                    .nodes
+                    .into_iter()
+                    .map(|child| (join(&rel, &child.name), child))
+                    .collect();
+                let mut dirs = Vec::new();
+                self.plan_entries(p, children, depth, &mut dirs);
+                for (rel, sub) in dirs {
+                    s.spawn(move |s| self.plan_tree(s, p, rel, sub, depth + 1));
                 }
-                if depth > browse::MAX_DEPTH {
-                    // Deeper than any path Linux can name: a hostile or
-                    // broken store.
+            }
+            Err(e) => self.fail(
+                &rel,
+                Fail {
+                    msg: format!("its entries are not restored: {e}"),
+                    corrupt: e.is_corruption(),
+                },
+            ),
+        }
+    }
+
+    /// Plans the entries of one directory (`depth` below the root); the
+    /// subdirectories to descend into go to `dirs`.
+    fn plan_entries(
+        &self,
+        p: &Planning<'_>,
+        entries: Vec<(Vec<u8>, Node)>,
+        depth: usize,
+        dirs: &mut Vec<(Vec<u8>, homesync_protocol::TreeId)>,
+    ) {
+        let mut planned = Vec::with_capacity(entries.len());
+        let mut inodes = 0;
+        for (rel, node) in entries {
+            let (inside, above) = wanted(&rel, p.filters);
+            if !inside && !above {
+                continue;
+            }
+            if depth > browse::MAX_DEPTH {
+                // Deeper than any path Linux can name: a hostile or broken
+                // store.
+                self.fail(
+                    &rel,
+                    Fail {
+                        msg: format!(
+                            "directories nested deeper than {} levels",
+                            browse::MAX_DEPTH
+                        ),
+                        corrupt: true,
+                    },
+                );
+                continue;
+            }
+            if matches!(node.kind, NodeKind::File | NodeKind::Hardlink) {
+                // No blob holds more than MAX_PLAIN_LEN bytes: a larger size
+                // is a lie (and would overflow the sums of what is needed).
+                let most = (node.chunks.len() as u64).saturating_mul(MAX_PLAIN_LEN as u64);
+                if node.data_len() > most {
                     self.fail(
                         &rel,
                         Fail {
                             msg: format!(
-                                "directories nested deeper than {} levels",
-                                browse::MAX_DEPTH
+                                "records {} bytes of contents in {} chunks of at most {} MiB",
+                                node.data_len(),
+                                node.chunks.len(),
+                                MAX_PLAIN_LEN >> 20
                             ),
                             corrupt: true,
                         },
                     );
                     continue;
                 }
-                if matches!(node.kind, NodeKind::File | NodeKind::Hardlink) {
-                    self.progress.add_total(1, node.data_len());
-                }
-                if let Some(sub) = node.subtree {
-                    dirs.push((rel.clone(), sub));
-                }
-                items.push(Item { rel, node });
+                self.progress.add_total(1, node.data_len());
             }
-            let trees: Vec<_> = workers.install(|| {
-                dirs.into_par_iter()
-                    .map(|(rel, sub)| {
-                        let tree = browse::load_tree(self.repo, sub);
-                        (rel, tree)
+            // Hardlinks take no inode of their own.
+            if node.kind != NodeKind::Hardlink {
+                inodes += 1;
+            }
+            if let Some(sub) = node.subtree {
+                dirs.push((rel.clone(), sub));
+            }
+            planned.push(Item { rel, node });
+        }
+        let before = p.entries.fetch_add(inodes, Relaxed);
+        if before.saturating_add(inodes) > p.max_entries {
+            dirs.clear();
+            return;
+        }
+        p.items.lock().expect("plan").extend(planned);
+    }
+
+    /// The entries a login needs, found without walking the whole
+    /// snapshot: the hidden entries at its top and one level down (of each
+    /// home, in a snapshot of `/home`) and what is below them, breadth
+    /// first (shallow configuration before deep), except caches and the
+    /// trash; plus the directories on the way. Only files, directories and
+    /// symlinks; at most about `max` entries. Sorted by path. Trees that do
+    /// not load are left to the full plan, which reports them.
+    fn plan_login(&self, planners: &rayon::ThreadPool, root: &Node, max: usize) -> Vec<Item> {
+        let mut items = vec![Item {
+            rel: Vec::new(),
+            node: root.clone(),
+        }];
+        // (directory, its tree, its depth below the root, inside a hidden entry)
+        let mut level = Vec::new();
+        if let Some(sub) = root.subtree {
+            level.push((Vec::new(), sub, 0usize, false));
+        }
+        while !level.is_empty() && items.len() < max {
+            let trees: Vec<_> = planners.install(|| {
+                use rayon::prelude::*;
+                level
+                    .into_par_iter()
+                    .map(|(rel, sub, depth, hidden)| {
+                        (rel, depth, hidden, browse::load_tree(self.repo, sub))
                     })
                     .collect()
             });
             level = Vec::new();
-            for (rel, tree) in trees {
-                match tree {
-                    Ok(tree) => {
-                        level.extend(
-                            tree.nodes
-                                .into_iter()
-                                .map(|child| (join(&rel, &child.name), child)),
-                        );
+            for (rel, depth, hidden, tree) in trees {
+                let Ok(tree) = tree else { continue };
+                for child in tree.nodes {
+                    if items.len() >= max {
+                        break;
                     }
-                    Err(e) => self.fail(&rel, Fail::from(e)),
+                    if child.name == b".cache" || child.name == b"Trash" {
+                        continue;
+                    }
+                    let inside = hidden || (depth <= 1 && child.name.first() == Some(&b'.'));
+                    let rel = join(&rel, &child.name);
+                    match (child.subtree, child.kind) {
+                        (Some(sub), _) if inside && depth < browse::MAX_DEPTH => {
+                            level.push((rel.clone(), sub, depth + 1, true));
+                        }
+                        // A directory at the top (a home): its hidden entries.
+                        (Some(sub), _) if depth == 0 => {
+                            level.push((rel.clone(), sub, 1, false));
+                        }
+                        (None, NodeKind::File | NodeKind::Symlink) if inside => {}
+                        _ => continue,
+                    }
+                    items.push(Item { rel, node: child });
                 }
             }
-            depth += 1;
         }
+        items.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+        items
     }
+
+    /// The first phase before the full plan: the login entries'
+    /// directories, their small files (within the budget for
+    /// `files`/`bytes` in all) and symlinks; then, as root, those
+    /// directories' owners and modes, so that their users can log in.
+    fn early_phase(
+        &self,
+        planners: &rayon::ThreadPool,
+        root: &Node,
+        files: u64,
+        bytes: u64,
+        target_is_new: bool,
+        is_root: bool,
+    ) -> Early {
+        let (max_files, max_bytes) = first_budget(files, bytes);
+        let items = self.plan_login(planners, root, max_files as usize * 2);
+        let mut early = Early::default();
+        if target_is_new {
+            early.new_dirs.insert(Vec::new());
+        }
+        for it in items
+            .iter()
+            .filter(|i| i.node.kind == NodeKind::Dir && !i.rel.is_empty())
+        {
+            match self.make_dir(&it.rel) {
+                Ok(true) => {
+                    early.new_dirs.insert(it.rel.clone());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    self.fail(&it.rel, e);
+                    early.bad_dirs.push(it.rel.clone());
+                }
+            }
+        }
+        let bad = early.bad_dirs.clone();
+        let under_bad = |rel: &[u8]| {
+            bad.iter()
+                .any(|d| rel.starts_with(d) && rel.get(d.len()) == Some(&b'/'))
+        };
+        let (mut n, mut b) = (0u64, 0u64);
+        let mut todo = Vec::new();
+        for it in items.iter().filter(|i| {
+            i.node.kind == NodeKind::File && login_file(&i.rel, &i.node) && !under_bad(&i.rel)
+        }) {
+            let len = it.node.data_len();
+            if n >= max_files || b.saturating_add(len) > max_bytes {
+                continue;
+            }
+            n += 1;
+            b += len;
+            early.done.insert(it.rel.clone());
+            if !early.new_dirs.contains(split_parent(&it.rel).0)
+                && self.already_restored(&it.rel, &it.node)
+            {
+                early.skipped += 1;
+                early.skipped_bytes += len;
+                self.progress.add_done(1, len);
+            } else {
+                todo.push(it);
+            }
+        }
+        self.restore_contents(&todo);
+        for it in items
+            .iter()
+            .filter(|i| i.node.kind == NodeKind::Symlink && !under_bad(&i.rel))
+        {
+            early.done.insert(it.rel.clone());
+            if let Err(e) = self.restore_special(&it.rel, &it.node) {
+                self.fail(&it.rel, e);
+            }
+        }
+        if is_root {
+            self.finish_dirs(&items, &early.bad_dirs, &under_bad);
+        }
+        early
+    }
+}
+
+/// The state of one [`Restorer::plan`].
+struct Planning<'a> {
+    filters: &'a [Vec<Vec<u8>>],
+    max_entries: u64,
+    items: Mutex<Vec<Item>>,
+    /// Entries planned that take an inode.
+    entries: AtomicU64,
 }
 
 /// Restores `snapshot` (or the parts named in `opts.paths`) into `opts.target`.
@@ -663,6 +1063,9 @@ pub fn restore(
         let path = path.to_path_buf();
         move |source| ClientError::Io { path, source }
     };
+    // A directory this run creates holds nothing of an earlier run: no
+    // file in it needs checking.
+    let target_is_new = std::fs::symlink_metadata(&opts.target).is_err();
     std::fs::create_dir_all(&opts.target).map_err(io(&opts.target))?;
     let root = rustix::fs::open(
         &opts.target,
@@ -690,27 +1093,98 @@ pub fn restore(
         shared: Mutex::default(),
         fetched: std::sync::Condvar::new(),
     };
-    let mut items = Vec::new();
-    // More workers than cores: a worker mostly waits, for the disk or for a
-    // chunk from the server (one round trip each), not for the CPU.
-    let workers = rayon::ThreadPoolBuilder::new()
-        .num_threads(RESTORE_WORKERS)
-        .thread_name(|i| format!("restore-{i}"))
+    // More threads than cores: each mostly waits for a tree from the
+    // server (one round trip each), not for the CPU.
+    let planners = rayon::ThreadPoolBuilder::new()
+        .num_threads(TREE_FETCHERS)
+        .thread_name(|i| format!("restore-plan-{i}"))
         .build()
         .map_err(|e| ClientError::Usage(format!("starting restore workers: {e}")))?;
-    r.plan(&workers, snapshot.root.clone(), &filters, &mut items);
+    // Total inodes of the target's file system (0 where they are not
+    // counted, as on btrfs): no snapshot with more entries can be restored.
+    let max_entries = rustix::fs::fstatvfs(&r.root)
+        .ok()
+        .map(|fs| fs.f_files)
+        .filter(|&n| n > 0);
+    let t0 = std::time::Instant::now();
+    let free = || {
+        rustix::fs::fstatvfs(&r.root)
+            .map(|fs| fs.f_bavail.saturating_mul(fs.f_frsize))
+            .unwrap_or(u64::MAX)
+    };
+    let stats = &snapshot.stats;
+    let ready = |files: u64, bytes: u64, files_left: u64, bytes_left: u64| {
+        if let Some(ready) = &opts.on_ready {
+            ready(&Ready {
+                files,
+                bytes,
+                files_left,
+                bytes_left,
+            });
+        }
+        tracing::info!("ready after {:?}", t0.elapsed());
+    };
 
-    // 1. Directories, parents first.
-    let mut bad_dirs: Vec<Vec<u8>> = Vec::new();
+    // 1. The first phase, before the whole snapshot is walked, when the
+    //    snapshot's own count of its bytes shows that it fits (else the
+    //    full plan comes first, so that nothing is written to a target
+    //    without room).
+    let early = (opts.paths.is_empty() && stats.bytes <= free()).then(|| {
+        let early = r.early_phase(
+            &planners,
+            &snapshot.root,
+            stats.files,
+            stats.bytes,
+            target_is_new,
+            is_root,
+        );
+        let (files, bytes) = (
+            r.files.load(Relaxed) + early.skipped,
+            r.bytes.load(Relaxed) + early.skipped_bytes,
+        );
+        // What is left, from the snapshot's counts (its bytes count holes).
+        ready(
+            files,
+            bytes,
+            (stats.files + stats.other).saturating_sub(files),
+            stats.bytes.saturating_sub(bytes),
+        );
+        early
+    });
+    let streamed = early.is_some();
+    let early = early.unwrap_or_default();
+    report.skipped = early.skipped;
+    report.skipped_bytes = early.skipped_bytes;
+
+    // 2. The plan: every entry.
+    let items = r.plan(&planners, snapshot.root.clone(), &filters, max_entries)?;
+    tracing::info!("planned {} entries in {:?}", items.len(), t0.elapsed());
+
+    // 3. Directories, parents first.
+    let mut bad_dirs: Vec<Vec<u8>> = early.bad_dirs.clone();
+    let mut new_dirs: HashSet<&[u8]> = early.new_dirs.iter().map(Vec::as_slice).collect();
+    if target_is_new {
+        new_dirs.insert(b"");
+    }
     for it in items
         .iter()
         .filter(|i| i.node.kind == NodeKind::Dir && !i.rel.is_empty())
     {
-        if let Err(e) = r.make_dir(&it.rel) {
-            bad_dirs.push(it.rel.clone());
-            r.fail(&it.rel, e);
+        if new_dirs.contains(it.rel.as_slice()) || early.bad_dirs.contains(&it.rel) {
+            continue;
+        }
+        match r.make_dir(&it.rel) {
+            Ok(true) => {
+                new_dirs.insert(&it.rel);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                bad_dirs.push(it.rel.clone());
+                r.fail(&it.rel, e);
+            }
         }
     }
+    let in_new_dir = |rel: &[u8]| new_dirs.contains(split_parent(rel).0);
     let under_bad = |rel: &[u8]| {
         bad_dirs
             .iter()
@@ -719,16 +1193,15 @@ pub fn restore(
 
     // Leftovers of an interrupted run go (names the snapshot has are kept).
     let planned: HashSet<&[u8]> = items.iter().map(|i| i.rel.as_slice()).collect();
-    for it in items
-        .iter()
-        .filter(|i| i.node.kind == NodeKind::Dir && !under_bad(&i.rel))
-    {
+    for it in items.iter().filter(|i| {
+        i.node.kind == NodeKind::Dir && !under_bad(&i.rel) && !new_dirs.contains(i.rel.as_slice())
+    }) {
         r.remove_leftovers(&it.rel, &planned);
     }
 
-    // 2. File contents, in parallel. A hardlink whose first name is not
-    //    part of this restore gets its own copy of the contents. Files an
-    //    earlier run completed are not fetched again.
+    // 4. What is left to do. A hardlink whose first name is not part of
+    //    this restore gets its own copy of the contents. Files an earlier
+    //    run completed are not fetched again.
     let files_planned: HashSet<&[u8]> = items
         .iter()
         .filter(|i| i.node.kind == NodeKind::File)
@@ -736,15 +1209,17 @@ pub fn restore(
         .collect();
     let (contents, specials): (Vec<&Item>, Vec<&Item>) = items
         .iter()
-        .filter(|i| i.node.kind != NodeKind::Dir && !under_bad(&i.rel))
+        .filter(|i| {
+            i.node.kind != NodeKind::Dir && !under_bad(&i.rel) && !early.done.contains(&i.rel)
+        })
         .partition(|i| {
             i.node.kind == NodeKind::File
                 || (i.node.kind == NodeKind::Hardlink
                     && !files_planned.contains(i.node.target.as_slice()))
         });
-    let (done, mut todo): (Vec<&Item>, Vec<&Item>) = contents
+    let (done, todo): (Vec<&Item>, Vec<&Item>) = contents
         .into_iter()
-        .partition(|it| r.already_restored(&it.rel, &it.node));
+        .partition(|it| !in_new_dir(&it.rel) && r.already_restored(&it.rel, &it.node));
     for it in &done {
         report.skipped += 1;
         report.skipped_bytes += it.node.data_len();
@@ -752,35 +1227,27 @@ pub fn restore(
     }
     // Stop before filling the disk: the run can be repeated once there is
     // room, and it resumes.
-    let needed: u64 = todo.iter().map(|it| it.node.data_len()).sum();
-    if let Ok(fs) = rustix::fs::fstatvfs(&r.root) {
-        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
-        if needed > free {
-            return Err(ClientError::NoSpace {
-                path: opts.target.clone(),
-                needed,
-                free,
-            });
-        }
+    let needed = todo
+        .iter()
+        .fold(0u64, |n, it| n.saturating_add(it.node.data_len()));
+    let free = free();
+    if needed > free {
+        return Err(ClientError::NoSpace {
+            path: opts.target.clone(),
+            needed,
+            free,
+        });
     }
-    // Small and recent files first (smallest first), then the rest, most
-    // recently modified first: large old media last.
-    let when = snapshot.time.sec;
-    todo.sort_by_key(|it| {
-        let first = first_phase(&it.node, when);
-        (
-            !first,
-            if first {
-                it.node.data_len() as i64
-            } else {
-                -it.node.mtime.sec
-            },
-        )
-    });
-    let split = todo.partition_point(|it| first_phase(&it.node, when));
+    let (phase1, phase2) = if streamed {
+        let mut rest = todo;
+        rest.sort_by_key(|it| (!recent(&it.node, snapshot.time.sec), -it.node.mtime.sec));
+        (Vec::new(), rest)
+    } else {
+        order_for_use(todo, snapshot.time.sec)
+    };
     {
         let mut counts: std::collections::HashMap<ChunkId, u32> = Default::default();
-        for it in &todo {
+        for it in phase1.iter().chain(&phase2) {
             for c in &it.node.chunks {
                 *counts.entry(*c).or_default() += 1;
             }
@@ -791,11 +1258,16 @@ pub fn restore(
             .map(|(c, n)| (c, (n, SharedChunk::Absent)))
             .collect();
     }
-    let (phase1, phase2) = todo.split_at(split);
-    r.restore_contents(&workers, phase1);
+    tracing::info!(
+        "{} files to restore ({} in the first phase) after {:?}",
+        phase1.len() + phase2.len(),
+        phase1.len(),
+        t0.elapsed()
+    );
+    r.restore_contents(&phase1);
 
-    // 3. Symlinks, special files and hardlinks (their targets now exist);
-    //    hardlinks to files of the second phase wait for them.
+    // 5. Symlinks, special files and hardlinks (their targets now exist);
+    //    hardlinks to files not yet restored wait for them.
     let late: HashSet<&[u8]> = phase2.iter().map(|it| it.rel.as_slice()).collect();
     let (later, now): (Vec<&Item>, Vec<&Item>) = specials.into_iter().partition(|it| {
         it.node.kind == NodeKind::Hardlink && late.contains(it.node.target.as_slice())
@@ -806,28 +1278,29 @@ pub fn restore(
         }
     }
 
-    // 4. The first phase is usable: directories get their owners and modes
-    //    (as root, who can still write into read-only ones), then the
-    //    caller hears that the user may start working.
-    if is_root {
-        r.finish_dirs(&items, &bad_dirs, &under_bad);
+    // 6. Without an early first phase, it ends here: directories get their
+    //    owners and modes (as root, who can still write into read-only
+    //    ones), then the caller hears that the user may log in.
+    if !streamed {
+        if is_root {
+            r.finish_dirs(&items, &bad_dirs, &under_bad);
+        }
+        ready(
+            r.files.load(Relaxed) + report.skipped,
+            r.bytes.load(Relaxed) + report.skipped_bytes,
+            phase2.len() as u64 + later.len() as u64,
+            phase2.iter().map(|it| it.node.data_len()).sum(),
+        );
     }
-    if let Some(ready) = &opts.on_ready {
-        ready(&Ready {
-            files: r.files.load(Relaxed) + report.skipped,
-            bytes: r.bytes.load(Relaxed) + report.skipped_bytes,
-            files_left: phase2.len() as u64 + later.len() as u64,
-            bytes_left: phase2.iter().map(|it| it.node.data_len()).sum(),
-        });
-    }
-    r.restore_contents(&workers, phase2);
+    r.restore_contents(&phase2);
+    tracing::info!("contents restored after {:?}", t0.elapsed());
     for it in later {
         if let Err(e) = r.restore_special(&it.rel, &it.node) {
             r.fail(&it.rel, e);
         }
     }
 
-    // 5. Directory metadata, deepest first, so restoring a child's mtime or
+    // 7. Directory metadata, deepest first, so restoring a child's mtime or
     //    a read-only mode never disturbs what is still to be written.
     r.finish_dirs(&items, &bad_dirs, &under_bad);
 
@@ -852,6 +1325,118 @@ mod tests {
         assert_eq!(wanted(b"a/c", &f), (false, false));
         assert_eq!(wanted(b"ab", &f), (false, false));
         assert_eq!(wanted(b"x", &[]), (true, false));
+    }
+
+    /// What a user racing a root restore in their own directory could do:
+    /// swap the FIFO just created for a symlink to a file they may not
+    /// change. The file's mode and times stay as they were.
+    #[test]
+    fn a_special_file_swapped_for_a_symlink_is_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let secret = tmp.path().join("secret");
+        std::fs::write(&secret, b"secret").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let before = std::fs::metadata(&secret).unwrap();
+        let home = tmp.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::os::unix::fs::symlink(&secret, home.join("fifo")).unwrap();
+        let dir: OwnedFd = File::open(&home).unwrap().into();
+        let mut node = Node::new(b"fifo".to_vec(), NodeKind::Fifo);
+        node.mode = 0o666;
+        node.mtime.sec = 1_000_000;
+        let err = special_meta(&dir, b"fifo", &node, None).expect_err("refused");
+        assert!(err.msg.contains("replaced by a Symlink"), "{}", err.msg);
+        let after = std::fs::metadata(&secret).unwrap();
+        assert_eq!(after.permissions().mode() & 0o7777, 0o600);
+        assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+
+        // The FIFO itself gets its mode and times.
+        std::fs::remove_file(home.join("fifo")).unwrap();
+        rustix::fs::mknodat(&dir, "fifo", FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+        special_meta(&dir, b"fifo", &node, None).expect("metadata set");
+        let m = std::fs::symlink_metadata(home.join("fifo")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o666);
+        assert_eq!(
+            m.modified().unwrap(),
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)
+        );
+    }
+
+    fn file(len: u64, mtime: i64) -> Node {
+        let mut n = Node::new(b"f".to_vec(), NodeKind::File);
+        n.size = len;
+        n.chunks = vec![ChunkId::of(b"x")];
+        n.mtime.sec = mtime;
+        n
+    }
+
+    #[test]
+    fn login_files_are_small_files_below_hidden_entries_at_the_top() {
+        let small = file(100, 0);
+        for yes in [
+            &b".bashrc"[..],
+            b".config/app/settings",
+            b"alice/.profile",
+            b"alice/.ssh/config",
+            b"alice/.local/share/app/db",
+        ] {
+            assert!(login_file(yes, &small), "{}", String::from_utf8_lossy(yes));
+        }
+        for no in [
+            &b"notes.txt"[..],
+            b"alice/Documents/x",
+            b"alice/src/.git/config",
+            b"alice/.cache/thumbnails/x",
+            b"alice/.local/share/Trash/files/x",
+            b".cache/x",
+        ] {
+            assert!(!login_file(no, &small), "{}", String::from_utf8_lossy(no));
+        }
+        assert!(!login_file(b".config/big", &file(SMALL + 1, 0)));
+    }
+
+    #[test]
+    fn the_first_phase_is_login_files_within_its_budget_and_the_rest_recent_first() {
+        let now = 1_000_000_000;
+        let mut items = Vec::new();
+        // 300 login files, 10 KiB each: the budget takes 200 of them.
+        for i in 0..300 {
+            items.push(Item {
+                rel: format!("alice/.config/{i:03}").into_bytes(),
+                node: file(10 << 10, now - 10 * 86_400),
+            });
+        }
+        items.push(Item {
+            rel: b"alice/old.iso".to_vec(),
+            node: file(100 << 20, now - 400 * 86_400),
+        });
+        items.push(Item {
+            rel: b"alice/older.txt".to_vec(),
+            node: file(10, now - 500 * 86_400),
+        });
+        items.push(Item {
+            rel: b"alice/recent.odt".to_vec(),
+            node: file(1 << 20, now - 86_400),
+        });
+        let (first, rest) = order_for_use(items.iter().collect(), now);
+        assert_eq!(first.len(), FIRST_MIN_FILES as usize);
+        assert!(first.iter().all(|it| it.rel.starts_with(b"alice/.config/")));
+        let names: Vec<&[u8]> = rest.iter().map(|it| it.rel.as_slice()).collect();
+        // Recent files first (the login files over the budget are recent
+        // too, but older than the document), then old ones, newest first.
+        assert_eq!(names[0], b"alice/recent.odt");
+        assert_eq!(names[names.len() - 2], b"alice/old.iso");
+        assert_eq!(names[names.len() - 1], b"alice/older.txt");
+        // A byte budget too: 16 MiB of login files at most.
+        let big: Vec<Item> = (0..20)
+            .map(|i| Item {
+                rel: format!(".config/{i}").into_bytes(),
+                node: file(SMALL, now),
+            })
+            .collect();
+        let (first, _) = order_for_use(big.iter().collect(), now);
+        assert_eq!(first.len(), 16);
     }
 
     #[test]
