@@ -788,6 +788,8 @@ impl Restorer<'_> {
         }
         let mut items = p.items.into_inner().expect("plan");
         items.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+        // Kept to the end: without the slack of its growth.
+        items.shrink_to_fit();
         Ok(items)
     }
 
@@ -886,6 +888,17 @@ impl Restorer<'_> {
             if let Some(sub) = node.subtree {
                 dirs.push((rel.clone(), sub));
             }
+            // The plan holds every entry until the end: what it no longer
+            // needs goes now (the name is the end of `rel`; owners are
+            // mapped onto this machine's ids once, here).
+            let mut node = node;
+            if let Some((u, g)) = self.owner(&node) {
+                node.uid = u.as_raw();
+                node.gid = g.as_raw();
+            }
+            node.user = None;
+            node.group = None;
+            node.name = Vec::new();
             planned.push(Item { rel, node });
         }
         let before = p.entries.fetch_add(inodes, Relaxed);
@@ -1217,6 +1230,8 @@ pub fn restore(
                 || (i.node.kind == NodeKind::Hardlink
                     && !files_planned.contains(i.node.target.as_slice()))
         });
+    drop(planned);
+    drop(files_planned);
     let (done, todo): (Vec<&Item>, Vec<&Item>) = contents
         .into_iter()
         .partition(|it| !in_new_dir(&it.rel) && r.already_restored(&it.rel, &it.node));
