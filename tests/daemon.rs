@@ -201,6 +201,17 @@ impl Drop for Daemon {
     }
 }
 
+/// A temporary directory with a real server in it, a machine credential,
+/// and a seeded home.
+fn setup() -> (tempfile::TempDir, Server, String, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    let cred = server.add_machine("laptop", false);
+    let home = dir.path().join("home");
+    seed_home(&home);
+    (dir, server, cred, home)
+}
+
 fn seed_home(home: &Path) {
     for (p, data) in [
         ("Documents/report.txt", &b"quarterly figures"[..]),
@@ -214,11 +225,7 @@ fn seed_home(home: &Path) {
 
 #[test]
 fn created_modified_renamed_and_deleted_files_arrive_in_incremental_snapshots() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("server"));
-    let cred = server.add_machine("laptop", false);
-    let home = dir.path().join("home");
-    seed_home(&home);
+    let (dir, server, cred, home) = setup();
     // Files changed within 2 s (whole seconds) of a backup's start are not
     // vouched for by the cache (a change in the same timestamp tick would
     // go unseen) and are read again; let the seed age so the count below
@@ -284,11 +291,7 @@ fn created_modified_renamed_and_deleted_files_arrive_in_incremental_snapshots() 
 
 #[test]
 fn a_directory_tree_created_after_start_is_watched() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("server"));
-    let cred = server.add_machine("laptop", false);
-    let home = dir.path().join("home");
-    seed_home(&home);
+    let (dir, server, cred, home) = setup();
     let d = Daemon::start(&server, &cred, &home, dir.path());
     let target = dir.path().join("restored");
 
@@ -308,11 +311,7 @@ fn a_directory_tree_created_after_start_is_watched() {
 #[test]
 fn an_event_queue_overflow_rescans_everything_and_loses_no_change() {
     require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("server"));
-    let cred = server.add_machine("laptop", false);
-    let home = dir.path().join("home");
-    seed_home(&home);
+    let (dir, server, cred, home) = setup();
     let knob = Path::new("/proc/sys/fs/inotify/max_queued_events");
     let d = {
         // The queue size is fixed when the daemon creates its inotify
@@ -362,11 +361,7 @@ fn an_event_queue_overflow_rescans_everything_and_loses_no_change() {
 
 #[test]
 fn changes_made_while_the_server_is_away_arrive_when_it_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(&dir.path().join("server"));
-    let cred = server.add_machine("laptop", false);
-    let home = dir.path().join("home");
-    seed_home(&home);
+    let (dir, mut server, cred, home) = setup();
     let d = Daemon::start(&server, &cred, &home, dir.path());
 
     server.child.kill().unwrap();
@@ -393,11 +388,7 @@ fn changes_made_while_the_server_is_away_arrive_when_it_returns() {
 
 #[test]
 fn pause_holds_snapshots_and_resume_sends_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("server"));
-    let cred = server.add_machine("laptop", false);
-    let home = dir.path().join("home");
-    seed_home(&home);
+    let (dir, server, cred, home) = setup();
     let d = Daemon::start(&server, &cred, &home, dir.path());
     let before = d.snapshots();
 
@@ -431,11 +422,7 @@ fn pause_holds_snapshots_and_resume_sends_them() {
 fn the_daemon_writes_nothing_outside_its_state_directory_on_a_read_only_root() {
     require_root();
     require_tool("unshare");
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("server"));
-    let cred = server.add_machine("laptop", false);
-    let home = dir.path().join("home");
-    seed_home(&home);
+    let (dir, server, cred, home) = setup();
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     // In a private mount namespace: the home and the state directory stay
@@ -471,11 +458,7 @@ fn the_daemon_writes_nothing_outside_its_state_directory_on_a_read_only_root() {
 
 #[test]
 fn hard_links_stay_links_across_incremental_snapshots() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("server"));
-    let cred = server.add_machine("laptop", false);
-    let home = dir.path().join("home");
-    seed_home(&home);
+    let (dir, server, cred, home) = setup();
     write_file(&home.join("a/shared.bin"), &random_bytes(1, 50_000));
     std::fs::create_dir_all(home.join("b")).unwrap();
     std::fs::hard_link(home.join("a/shared.bin"), home.join("b/shared-too.bin")).unwrap();
@@ -501,11 +484,7 @@ fn hard_links_stay_links_across_incremental_snapshots() {
 
 #[test]
 fn on_a_low_battery_snapshots_wait_until_mains_power_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("server"));
-    let cred = server.add_machine("laptop", false);
-    let home = dir.path().join("home");
-    seed_home(&home);
+    let (dir, server, cred, home) = setup();
     // A fake power_supply class: a battery at 12 %, mains offline.
     let power = dir.path().join("power");
     let supply = |name: &str, files: &[(&str, &str)]| {

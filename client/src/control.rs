@@ -124,7 +124,7 @@ pub fn request(state_dir: &Path, req: &Request) -> Result<Status, ControlError> 
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(not_running)?;
     let mut answer = String::new();
-    BufReader::new(s.take_read(64 << 10))
+    BufReader::new(std::io::Read::take(&s, 64 << 10))
         .read_line(&mut answer)
         .map_err(not_running)?;
     let r: Response = serde_json::from_str(&answer).map_err(|e| ControlError::Malformed {
@@ -162,7 +162,7 @@ pub fn save_status(state_dir: &Path, st: &Status) -> std::io::Result<()> {
 /// buffer more).
 pub fn read_request(s: &UnixStream) -> Result<Request, String> {
     let mut line = String::new();
-    BufReader::new(s.take_read(4096))
+    BufReader::new(std::io::Read::take(s, 4096))
         .read_line(&mut line)
         .map_err(|e| format!("reading the request: {e}"))?;
     serde_json::from_str(line.trim()).map_err(|e| format!("malformed request {line:?}: {e}"))
@@ -172,17 +172,6 @@ pub fn write_response(mut s: &UnixStream, r: &Response) -> std::io::Result<()> {
     let mut line = serde_json::to_string(r).expect("responses serialise");
     line.push('\n');
     s.write_all(line.as_bytes())
-}
-
-/// `Read::take` for a borrowed stream.
-trait TakeRead {
-    fn take_read(&self, limit: u64) -> std::io::Take<&UnixStream>;
-}
-
-impl TakeRead for UnixStream {
-    fn take_read(&self, limit: u64) -> std::io::Take<&UnixStream> {
-        std::io::Read::take(self, limit)
-    }
 }
 
 #[cfg(test)]
