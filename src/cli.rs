@@ -213,14 +213,31 @@ pub enum AdminCommand {
     Jobs,
     /// Run a server job now on the store (refused while one of its kind runs)
     RunJob {
-        /// retention (apply the config's [retention]), gc, or check (read
-        /// the next part of the data in the rotation)
-        #[arg(value_parser = ["retention", "gc", "check"])]
+        /// retention (apply the config's [retention]), gc, check (read
+        /// the next part of the data in the rotation), or index-copy (store
+        /// a copy of the index beside the packs)
+        #[arg(value_parser = ["retention", "gc", "check", "index-copy"])]
         kind: String,
         /// Server config file with the [retention] policies and [jobs]
         /// settings (its store is used when --repo is not given)
         #[arg(long = "server-config", value_name = "FILE")]
         server_config: Option<PathBuf>,
+    },
+    /// Rebuild the store's index from its packs (and the newest sound index
+    /// copy): after the index file was lost or damaged, or on a new server
+    /// whose packs are in the bucket of the server config's [s3]
+    RebuildIndex {
+        /// Server config file; its [s3] says where the packs are when the
+        /// store directory (its `store`, unless --repo) does not
+        #[arg(long = "server-config", value_name = "FILE")]
+        server_config: Option<PathBuf>,
+        /// Ignore index copies: from the packs alone (credentials are then
+        /// lost: add the machines again)
+        #[arg(long)]
+        packs_only: bool,
+        /// Replace an existing index file (it is kept as index.sqlite.replaced-TIME)
+        #[arg(long)]
+        replace: bool,
     },
 }
 

@@ -69,6 +69,7 @@ pub fn run_daemon(cli: &Cli) -> anyhow::Result<u8> {
                     &path,
                     OpenOptions {
                         verify_uploads: false,
+                        ..OpenOptions::default()
                     },
                 )
                 .map_err(|e| format!("store {}: {e}", path.display()))?;

@@ -308,6 +308,7 @@ pub(crate) fn open_store(cli: &Cli, create_default: bool, out: &Out) -> anyhow::
         // In-process: the only writer is this process, which hashed each
         // chunk itself a moment before. The network server always verifies.
         verify_uploads: false,
+        ..OpenOptions::default()
     };
     match Store::open(&path, options.clone()) {
         Err(StoreError::NotFound(_)) if create_default && cli.repo.is_none() => {
@@ -505,6 +506,11 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             kind,
             server_config,
         }) => jobs::run(cli, kind, server_config.as_deref(), &out),
+        Command::Admin(AdminCommand::RebuildIndex {
+            server_config,
+            packs_only,
+            replace,
+        }) => jobs::rebuild_index(cli, server_config.as_deref(), *packs_only, *replace, &out),
         Command::Admin(cmd) => {
             let store_dir = cli.repo.clone().unwrap_or_else(default_repo);
             if !store_dir.join("config").exists() {
@@ -529,7 +535,9 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
                     )?;
                     out.credential(machine, "restore", &token);
                 }
-                AdminCommand::Jobs | AdminCommand::RunJob { .. } => unreachable!("handled above"),
+                AdminCommand::Jobs
+                | AdminCommand::RunJob { .. }
+                | AdminCommand::RebuildIndex { .. } => unreachable!("handled above"),
             }
             Ok(exit::OK)
         }

@@ -7,6 +7,7 @@ use homesync_client::browse::Change;
 use homesync_client::restore::RestoreReport;
 use homesync_protocol::{Node, NodeKind, Snapshot, SnapshotId, Timestamp};
 use homesync_server::jobs::{JobReport, JobStatus};
+use homesync_server::rebuild::RebuildReport;
 use homesync_server::retention::Decision;
 use serde_json::{Map, Value, json};
 use std::io::Write;
@@ -285,6 +286,61 @@ impl Out {
     pub fn server_job(&self, r: &JobReport) {
         if self.json {
             self.line(job_json(r));
+        }
+    }
+
+    /// The result of `homesync admin rebuild-index`.
+    pub fn rebuild(&self, dir: &Path, r: &RebuildReport) {
+        if self.json {
+            self.line(json!({
+                "message_type": "rebuild_index",
+                "store": dir.display().to_string(),
+                "copy": r.copy,
+                "bad_copies": r.bad_copies.iter().map(|(n, w)| json!({"name": n, "problem": w})).collect::<Vec<_>>(),
+                "packs_listed": r.packs_listed,
+                "packs_added": r.packs_added,
+                "packs_dropped": r.packs_dropped,
+                "bad_packs": r.bad_packs.iter().map(|(n, w)| json!({"name": n, "problem": w})).collect::<Vec<_>>(),
+                "blobs_added": r.blobs_added,
+                "snapshots_added": r.snapshots_added,
+                "snapshots_dropped": r.snapshots_dropped.iter().map(|s| s.to_hex()).collect::<Vec<_>>(),
+                "snapshots": r.snapshots,
+                "replaced": r.replaced.as_ref().map(|p| p.display().to_string()),
+                "store_created": r.store_created,
+            }));
+            return;
+        }
+        if r.store_created {
+            println!("store directory {} made from its bucket", dir.display());
+        }
+        match &r.copy {
+            Some(c) => println!("started from index copy {c}"),
+            None => println!("started from the packs alone (no index copy used)"),
+        }
+        for (name, why) in &r.bad_copies {
+            println!("skipped damaged index copy {name}: {why}");
+        }
+        println!(
+            "{} packs listed: {} added ({} blobs), {} gone since the copy",
+            r.packs_listed, r.packs_added, r.blobs_added, r.packs_dropped
+        );
+        for (name, why) in &r.bad_packs {
+            println!("unreadable pack {name}: {why}");
+        }
+        for id in &r.snapshots_dropped {
+            println!("snapshot {} dropped: its blobs are gone", id.short());
+        }
+        println!(
+            "{} snapshots ({} found in packs newer than the copy)",
+            r.snapshots, r.snapshots_added
+        );
+        if let Some(p) = &r.replaced {
+            println!("the old index is kept as {}", p.display());
+        }
+        if r.copy.is_none() {
+            println!(
+                "no credentials survive a rebuild from the packs alone: add the machines again"
+            );
         }
     }
 

@@ -5,11 +5,11 @@ use crate::output::Out;
 use crate::{default_repo, exit};
 use anyhow::Context;
 use homesync_protocol::{ChunkerParams, StoreError};
+use homesync_server::Store;
 use homesync_server::auth::Auth;
 use homesync_server::jobs;
 use homesync_server::serve_config::ServeConfig;
 use homesync_server::service::{self, Identity, Limits, Service};
-use homesync_server::{OpenOptions, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,15 +26,20 @@ pub fn run(cli: &Cli, args: &ServeArgs, out: &Out) -> anyhow::Result<u8> {
     if let Some(listen) = args.listen {
         cfg.listen = listen;
     }
-    let options = OpenOptions {
-        verify_uploads: true,
-    };
+    let options = cfg.open_options(true);
     let store = match Store::open(&cfg.store, options.clone()) {
         Err(StoreError::NotFound(_)) => {
-            Store::init(&cfg.store, ChunkerParams::default(), 3)
+            let store = Store::init_with(&cfg.store, ChunkerParams::default(), 3, options)
                 .with_context(|| format!("creating store {}", cfg.store.display()))?;
-            out.note(&format!("created a new store at {}", cfg.store.display()));
-            Store::open(&cfg.store, options)?
+            let place = match &cfg.s3 {
+                Some(s3) => format!(" (packs in {})", s3.describe()),
+                None => String::new(),
+            };
+            out.note(&format!(
+                "created a new store at {}{place}",
+                cfg.store.display()
+            ));
+            store
         }
         r => r.with_context(|| format!("opening store {}", cfg.store.display()))?,
     };

@@ -1,6 +1,7 @@
 //! Where pack files live. Packs are written once, never modified, and named
 //! by the hash of their bytes, so a backend needs only put, ranged get and
-//! list: a local directory now, an S3-compatible bucket later.
+//! list: a local directory ([`LocalDir`]) or an S3-compatible bucket
+//! ([`crate::s3::S3Backend`]).
 
 use homesync_protocol::StoreError;
 use std::fs::File;
@@ -21,6 +22,16 @@ pub trait PackBackend: Send + Sync {
     fn delete(&self, name: &str) -> Result<(), StoreError>;
     /// The size of pack `name` in bytes; `None` when there is no such pack.
     fn size(&self, name: &str) -> Result<Option<u64>, StoreError>;
+    /// Packs worth writing at once: one for a local disk (fsyncs queue
+    /// anyway), several for object storage, where each upload waits on
+    /// round trips and replication.
+    fn parallel_writes(&self) -> usize {
+        1
+    }
+    /// The bucket, when packs live in one (index copies go there too).
+    fn s3(&self) -> Option<&crate::s3::S3Backend> {
+        None
+    }
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {

@@ -13,25 +13,31 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { context, source }
 }
 
-/// Writes a new config file durably (temp file, fsync, rename).
-pub fn write(path: &Path, config: &StoreConfig) -> Result<(), StoreError> {
-    let text = format!(
+/// The file's text (also stored as the `config` object of a bucket).
+pub fn render(config: &StoreConfig) -> String {
+    format!(
         "# homesync store config: written once by `homesync init`, never edited.\n\
          format = {FORMAT}\nid = {}\nchunker_min = {}\nchunker_avg = {}\nchunker_max = {}\nzstd_level = {}\n",
         config.id, config.chunker.min, config.chunker.avg, config.chunker.max, config.zstd_level
-    );
-    crate::backend::write_durably(path, text.as_bytes())
+    )
+}
+
+/// Writes a new config file durably (temp file, fsync, rename).
+pub fn write(path: &Path, config: &StoreConfig) -> Result<(), StoreError> {
+    crate::backend::write_durably(path, render(config).as_bytes())
 }
 
 /// Reads and validates the config file at `path`.
 pub fn read(path: &Path) -> Result<StoreConfig, StoreError> {
     let text = std::fs::read_to_string(path)
         .map_err(io(format!("reading store config {}", path.display())))?;
-    parse(&text)
+    parse(text.as_bytes())
         .map_err(|why| StoreError::Refused(format!("store config {}: {why}", path.display())))
 }
 
-fn parse(text: &str) -> Result<StoreConfig, String> {
+/// Parses a config's bytes (a file's, or a bucket's `config` object).
+pub fn parse(bytes: &[u8]) -> Result<StoreConfig, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
     let mut fields = std::collections::HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -89,10 +95,10 @@ mod tests {
         write(&p, &c).unwrap();
         assert_eq!(read(&p).unwrap(), c);
         let err = parse(
-            "format = 1\nid = x\nchunker_min = 1\nchunker_avg = 2\nchunker_max = 3\nzstd_level = 3",
+            b"format = 1\nid = x\nchunker_min = 1\nchunker_avg = 2\nchunker_max = 3\nzstd_level = 3",
         )
         .unwrap_err();
         assert!(err.contains("min"), "{err}");
-        assert!(parse("format = 9").unwrap_err().contains("format 9"));
+        assert!(parse(b"format = 9").unwrap_err().contains("format 9"));
     }
 }

@@ -844,6 +844,48 @@ impl Index {
         rows.collect::<Result<_, _>>().map_err(sql)
     }
 
+    /// Forgets packs that no longer exist (index rebuild: the bucket or
+    /// directory is the truth): their blob rows and their own. Returns how
+    /// many blob rows went.
+    pub fn drop_packs(&mut self, names: &[String]) -> Result<u64, StoreError> {
+        let tx = self.write_tx()?;
+        let mut blobs = 0;
+        for name in names {
+            blobs += tx
+                .execute(
+                    "DELETE FROM blobs WHERE pack = (SELECT id FROM packs WHERE name = ?1)",
+                    [name],
+                )
+                .map_err(sql)? as u64;
+            tx.execute("DELETE FROM packs WHERE name = ?1", [name])
+                .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)?;
+        Ok(blobs)
+    }
+
+    /// Drops the rows about live processes (upload sessions, pack claims,
+    /// running jobs): an index restored from a copy names processes of
+    /// another machine, or of a time long gone.
+    pub fn clear_processes(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch(
+                "BEGIN IMMEDIATE; DELETE FROM sessions; DELETE FROM pack_claims; \
+                 DELETE FROM running_jobs; COMMIT;",
+            )
+            .map_err(sql)
+    }
+
+    /// SQLite's own structural check of the file: `Ok(None)` when sound,
+    /// else its first complaint.
+    pub fn integrity_problem(&self) -> Result<Option<String>, StoreError> {
+        let first: String = self
+            .conn
+            .query_row("PRAGMA integrity_check(1)", [], |r| r.get(0))
+            .map_err(sql)?;
+        Ok((first != "ok").then_some(first))
+    }
+
     /// Claims the name of a pack about to be written: until it is indexed
     /// (which drops the claim), garbage collection leaves the file alone
     /// while process `pid` lives.

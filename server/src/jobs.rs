@@ -33,6 +33,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_RETENTION_EVERY: Duration = Duration::from_secs(3600);
 pub const DEFAULT_GC_EVERY: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_CHECK_EVERY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A copy of the index beside the packs hourly (see [`crate::index_copy`]).
+pub const DEFAULT_INDEX_COPY_EVERY: Duration = Duration::from_secs(3600);
 /// A check job reads part k of this many (rotating), so every pack is read
 /// once in this many check runs.
 pub const DEFAULT_CHECK_SUBSET_PARTS: u32 = 4;
@@ -51,18 +53,26 @@ pub enum JobKind {
     Retention,
     Gc,
     Check,
+    IndexCopy,
 }
 
 impl JobKind {
     /// In the order the scheduler runs them when several are due
     /// (retention first: GC then reclaims what it forgot).
-    pub const ALL: [JobKind; 3] = [JobKind::Retention, JobKind::Gc, JobKind::Check];
+    /// The index copy last: it then records what retention and GC did.
+    pub const ALL: [JobKind; 4] = [
+        JobKind::Retention,
+        JobKind::Gc,
+        JobKind::Check,
+        JobKind::IndexCopy,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Retention => "retention",
             JobKind::Gc => "gc",
             JobKind::Check => "check",
+            JobKind::IndexCopy => "index-copy",
         }
     }
 
@@ -76,6 +86,7 @@ impl JobKind {
             JobKind::Retention => &[],
             JobKind::Gc => &["check"],
             JobKind::Check => &["gc"],
+            JobKind::IndexCopy => &[],
         }
     }
 }
@@ -94,6 +105,7 @@ pub struct JobsConfig {
     pub gc_every: Option<Duration>,
     pub check_every: Option<Duration>,
     pub check_subset_parts: u32,
+    pub index_copy_every: Option<Duration>,
 }
 
 impl Default for JobsConfig {
@@ -103,6 +115,7 @@ impl Default for JobsConfig {
             gc_every: Some(DEFAULT_GC_EVERY),
             check_every: Some(DEFAULT_CHECK_EVERY),
             check_subset_parts: DEFAULT_CHECK_SUBSET_PARTS,
+            index_copy_every: Some(DEFAULT_INDEX_COPY_EVERY),
         }
     }
 }
@@ -113,6 +126,7 @@ impl JobsConfig {
             JobKind::Retention => self.retention_every,
             JobKind::Gc => self.gc_every,
             JobKind::Check => self.check_every,
+            JobKind::IndexCopy => self.index_copy_every,
         }
     }
 }
@@ -346,6 +360,7 @@ pub fn run_job(
         JobKind::Retention => run_retention(store, cfg, now),
         JobKind::Gc => run_gc(store),
         JobKind::Check => run_check(store, cfg),
+        JobKind::IndexCopy => run_index_copy(store),
     };
     let (result, summary, numbers) = match outcome {
         Ok(o) => o,
@@ -460,6 +475,21 @@ fn run_gc(store: &Store) -> Outcome {
             ("packs_rewritten", r.packs_rewritten),
             ("orphans_deleted", r.orphans_deleted),
             ("snapshots", r.snapshots),
+        ],
+    ))
+}
+
+fn run_index_copy(store: &Store) -> Outcome {
+    let saved = crate::index_copy::save(store)?;
+    Ok((
+        JobResult::Ok,
+        format!(
+            "index copy {} ({} bytes) stored in {}, {} older copies deleted",
+            saved.name, saved.bytes, saved.place, saved.pruned
+        ),
+        vec![
+            ("bytes", saved.bytes),
+            ("copies_deleted", saved.pruned as u64),
         ],
     ))
 }
@@ -755,12 +785,14 @@ mod tests {
         // Never run: everything is due at once.
         assert_eq!(due(&cfg, &|_| None, now), JobKind::ALL.to_vec());
         assert_eq!(next_wake(&cfg, &|_| None, now), Some(Duration::ZERO));
-        // Retention ran 30 minutes ago, GC 23 h ago, check 8 days ago.
+        // Retention ran 30 minutes ago, GC 23 h ago, check 8 days ago, the
+        // index copy 15 minutes ago.
         let last = |k: JobKind| {
             Some(match k {
                 JobKind::Retention => now - h / 2,
                 JobKind::Gc => now - 23 * h,
                 JobKind::Check => now - 8 * 24 * h,
+                JobKind::IndexCopy => now - h / 4,
             })
         };
         assert_eq!(due(&cfg, &last, now), vec![JobKind::Check]);
@@ -769,7 +801,7 @@ mod tests {
             due(&cfg, &last, now + h / 2),
             vec![JobKind::Retention, JobKind::Check]
         );
-        assert_eq!(due(&cfg, &last, now + h).len(), 3);
+        assert_eq!(due(&cfg, &last, now + h).len(), 4);
         // Check done now: the next wake is the retention's, 30 minutes on.
         let last2 = |k: JobKind| {
             if k == JobKind::Check {
@@ -788,6 +820,7 @@ mod tests {
             gc_every: None,
             check_every: None,
             check_subset_parts: 4,
+            index_copy_every: None,
         };
         assert!(due(&off, &|_| None, now).is_empty());
         assert_eq!(next_wake(&off, &|_| None, now), None);

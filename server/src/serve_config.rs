@@ -18,6 +18,7 @@
 
 use crate::jobs::{self, JobsConfig};
 use crate::retention::{Policy, Retention};
+use crate::s3::S3Config;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -84,6 +85,8 @@ pub struct ServeConfig {
     pub retention: Retention,
     /// When the server runs its jobs (`[jobs]`).
     pub jobs: JobsConfig,
+    /// `[s3]`: packs in this bucket instead of the store directory.
+    pub s3: Option<S3Config>,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +101,7 @@ struct Raw {
     session_expiry_hours: Option<u64>,
     retention: Option<RawRetention>,
     jobs: Option<RawJobs>,
+    s3: Option<S3Config>,
 }
 
 /// `[jobs]`: intervals as text (`"1h"`, `"7d"`, `"off"`).
@@ -108,6 +112,7 @@ struct RawJobs {
     gc_every: Option<String>,
     check_every: Option<String>,
     check_subset_parts: Option<u32>,
+    index_copy_every: Option<String>,
 }
 
 /// `[retention]`: the default policy's fields, and `machines`. (serde's
@@ -141,6 +146,7 @@ impl ServeConfig {
             session_expiry_hours: DEFAULT_SESSION_EXPIRY_HOURS,
             retention: Retention::default(),
             jobs: JobsConfig::default(),
+            s3: None,
         }
     }
 
@@ -251,6 +257,11 @@ impl ServeConfig {
                     j.check_every,
                     &mut config.jobs.check_every,
                 ),
+                (
+                    "jobs.index_copy_every",
+                    j.index_copy_every,
+                    &mut config.jobs.index_copy_every,
+                ),
             ] {
                 if let Some(text) = value {
                     *slot = jobs::parse_interval(&text).map_err(|e| invalid(field, &e))?;
@@ -266,7 +277,19 @@ impl ServeConfig {
                 config.jobs.check_subset_parts = n;
             }
         }
+        if let Some(s3) = raw.s3 {
+            s3.validate().map_err(|e| invalid("s3", &e))?;
+            config.s3 = Some(s3);
+        }
         Ok(config)
+    }
+
+    /// Store options with this config's bucket (and its credentials).
+    pub fn open_options(&self, verify_uploads: bool) -> crate::store::OpenOptions {
+        crate::store::OpenOptions {
+            verify_uploads,
+            s3: self.s3.clone(),
+        }
     }
 
     pub fn idle_timeout(&self) -> Duration {
@@ -327,6 +350,7 @@ mod tests {
                 session_expiry_hours: 1,
                 retention: Retention::default(),
                 jobs: JobsConfig::default(),
+                s3: None,
             }
         );
     }
@@ -376,8 +400,30 @@ mod tests {
                 gc_every: Some(Duration::from_secs(86_400)),
                 check_every: Some(Duration::from_secs(7 * 86_400)),
                 check_subset_parts: 4,
+                index_copy_every: Some(Duration::from_secs(3600)),
             }
         );
+    }
+
+    #[test]
+    fn s3_table() {
+        let c = parse(
+            "store = \"/s\"\n[s3]\nendpoint = \"http://127.0.0.1:3900\"\nregion = \"garage\"\n\
+             bucket = \"packs\"\nprefix = \"fleet\"\n",
+        )
+        .unwrap();
+        let s3 = c.s3.unwrap();
+        assert_eq!(s3.bucket, "packs");
+        assert_eq!(s3.describe(), "bucket packs/fleet at http://127.0.0.1:3900");
+        let e =
+            parse("store = \"/s\"\n[s3]\nendpoint = \"http://h\"\nbucket = \"b\"\npart_size = 1\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("`s3`") && e.contains("part_size"), "{e}");
+        let e = parse("store = \"/s\"\n[s3]\nbucket = \"b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("endpoint"), "{e}");
     }
 
     #[test]

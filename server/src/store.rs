@@ -6,14 +6,27 @@
 //! through the backend and only then inserts its blobs into the index, while
 //! the backup goes on hashing and compressing. Until indexed, blobs are
 //! "pending": visible to `has_blobs`, `get_blob` and the tree reference
-//! check of this process, but not to other processes. A failed pack write
-//! poisons the store: every later call fails, so no tree or snapshot can
-//! ever be committed on top of a lost blob.
+//! check of this process, but not to other processes.
+//!
+//! Packs are numbered as they are sealed, written by as many threads as the
+//! backend writes at once, and indexed strictly in that order; a tree's pack
+//! is sealed after the pack of every chunk it names (both in one step). So
+//! the indexed packs are always a prefix of the sealed ones, and an indexed
+//! tree never names a blob that is not indexed.
+//!
+//! A failed pack write poisons the store: later packs are not indexed, and
+//! every call fails until [`Store::flush`] has seen every sealed pack
+//! finish; that flush reports the failure, drops the blobs of the open packs
+//! (their trees may name lost chunks) and lifts the poison. A session whose
+//! blobs were lost then cannot commit: its trees name blobs the store lacks,
+//! or its root tree is not indexed. So an object store that was down for a
+//! while costs the backups running then, not the server's later ones.
 
 use crate::backend::{LocalDir, PackBackend};
 use crate::config;
 use crate::index::Index;
 use crate::pack::{PackEntry, PackWriter};
+use crate::s3::{S3Backend, S3Config};
 use homesync_protocol::blob::{self, Blob};
 use homesync_protocol::{
     BlobEncoder, BlobId, BlobKind, ChunkerParams, Repository, Snapshot, SnapshotId, StoreConfig,
@@ -39,14 +52,99 @@ pub struct OpenOptions {
     /// the embedded store may skip it because its only writer is the same
     /// process, which hashed the plain bytes a moment before.
     pub verify_uploads: bool,
+    /// The server config's `[s3]`, with its credentials. `None`: the store
+    /// directory's `backend.toml` says where the packs are (credentials
+    /// then come from the environment), or, without one, `DIR/packs`.
+    pub s3: Option<S3Config>,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             verify_uploads: true,
+            s3: None,
         }
     }
+}
+
+/// The file in a store directory naming the bucket its packs live in.
+pub const BACKEND_FILE: &str = "backend.toml";
+
+/// `backend.toml`: `[s3]` with the bucket's location (no secrets).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendFile {
+    s3: Option<S3Config>,
+}
+
+fn read_backend_file(dir: &Path) -> Result<Option<S3Config>, StoreError> {
+    let path = dir.join(BACKEND_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StoreError::Io {
+                context: format!("reading {}", path.display()),
+                source,
+            });
+        }
+    };
+    let file: BackendFile = toml::from_str(&text)
+        .map_err(|e| StoreError::Refused(format!("{}: {e}", path.display())))?;
+    Ok(file.s3)
+}
+
+/// Records (durably) that the packs of the store in `dir` live in `s3`.
+pub(crate) fn write_backend_file(dir: &Path, s3: &S3Config) -> Result<(), StoreError> {
+    let text = toml::to_string(&BackendFile {
+        s3: Some(s3.location()),
+    })
+    .expect("a backend config serializes");
+    crate::backend::write_durably(
+        &dir.join(BACKEND_FILE),
+        format!("# Where this store's packs are (written by homesync; credentials are not kept here).\n{text}")
+            .as_bytes(),
+    )
+}
+
+/// The key of the store's config in a bucket.
+pub const BUCKET_CONFIG: &str = "config";
+
+/// The backend of the store in `dir`: the bucket of `given` (the server
+/// config) or of `backend.toml`, or the local `packs/` directory. A bucket
+/// is probed at once, so a wrong endpoint, bucket or key is an error now
+/// rather than at the first backup.
+pub(crate) fn open_backend(
+    dir: &Path,
+    given: Option<&S3Config>,
+) -> Result<Box<dyn PackBackend>, StoreError> {
+    let recorded = read_backend_file(dir)?;
+    let s3 = match (given, recorded) {
+        (None, None) => return Ok(Box::new(LocalDir::new(dir.join("packs")))),
+        (Some(g), None) => {
+            return Err(StoreError::Refused(format!(
+                "the store at {} keeps its packs in {}, not in {}: packs do not move \
+                 (remove [s3] from the server config, or recover the bucket's store \
+                 into a new directory with `homesync admin rebuild-index`)",
+                dir.display(),
+                dir.join("packs").display(),
+                g.describe()
+            )));
+        }
+        (None, Some(r)) => r,
+        (Some(g), Some(r)) if g.same_place(&r) => g.clone(),
+        (Some(g), Some(r)) => {
+            return Err(StoreError::Refused(format!(
+                "the store at {} keeps its packs in {}, but the server config names {}",
+                dir.display(),
+                r.describe(),
+                g.describe()
+            )));
+        }
+    };
+    let backend = S3Backend::new(&s3)?;
+    backend.probe()?;
+    Ok(Box::new(backend))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -79,6 +177,10 @@ struct WriteState {
     spare: Option<Vec<u8>>,
     /// Sealed packs not yet written and indexed, by any thread.
     outstanding: usize,
+    /// The number the next sealed pack gets.
+    sealed: u64,
+    /// The number of the next pack to index: writers wait for their turn.
+    indexed: u64,
 }
 
 impl WriteState {
@@ -92,9 +194,33 @@ impl WriteState {
 
 /// A sealed pack for the writer thread.
 struct Job {
+    seq: u64,
     name: String,
     bytes: Arc<Vec<u8>>,
     entries: Vec<PackEntry>,
+}
+
+/// A store's config in its bucket must be the directory's: two stores
+/// writing one bucket prefix would collect each other's packs as garbage.
+fn check_bucket_config(bucket: &S3Backend, local: &StoreConfig) -> Result<(), StoreError> {
+    match bucket.get_rel(BUCKET_CONFIG)? {
+        // A store created before its config reached the bucket (a crash
+        // between the two writes of `init`): complete it.
+        None => bucket.put_rel(BUCKET_CONFIG, config::render(local).as_bytes()),
+        Some(bytes) => match config::parse(&bytes) {
+            Ok(c) if c.id == local.id => Ok(()),
+            Ok(c) => Err(StoreError::Refused(format!(
+                "{} holds store {}, but this store is {}: two stores must not share a bucket prefix",
+                bucket.config().describe(),
+                c.id,
+                local.id
+            ))),
+            Err(e) => Err(StoreError::Refused(format!(
+                "{}: its `config` object is unreadable: {e}",
+                bucket.config().describe()
+            ))),
+        },
+    }
 }
 
 /// What the store's callers and its writer thread share.
@@ -106,14 +232,22 @@ pub(crate) struct Shared {
     state: Mutex<WriteState>,
     /// Signalled (with `state`) whenever a sealed pack has been written.
     written: std::sync::Condvar,
+    /// Held while sealing and handing packs to the writers, so that they
+    /// receive packs in sealed order (the oldest unindexed pack always has
+    /// a writer: no writer waits for a pack no writer holds).
+    seal_order: Mutex<()>,
 }
+
+/// The pack writer threads and the channel feeding them.
+type Writers = (SyncSender<Job>, Vec<std::thread::JoinHandle<()>>);
 
 pub struct Store {
     dir: PathBuf,
     config: StoreConfig,
-    options: OpenOptions,
+    /// See [`OpenOptions::verify_uploads`].
+    verify_uploads: bool,
     pub(crate) shared: Arc<Shared>,
-    writer: Mutex<Option<(SyncSender<Job>, std::thread::JoinHandle<()>)>>,
+    writer: Mutex<Option<Writers>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -125,7 +259,7 @@ impl Shared {
     fn check_poisoned(state: &WriteState) -> Result<(), StoreError> {
         match &state.poisoned {
             Some(why) => Err(StoreError::Refused(format!(
-                "an earlier pack write failed, nothing more is accepted in this session: {why}"
+                "an earlier pack write failed; the store takes blobs again once the uploads running now have finished: {why}"
             ))),
             None => Ok(()),
         }
@@ -135,10 +269,12 @@ impl Shared {
         Ok(state.pending.contains_key(id) || lock(&self.index).has(id)?)
     }
 
-    /// Writes a sealed pack durably, then indexes it (writer thread).
+    /// Writes a sealed pack durably, then, in its turn, indexes it
+    /// (writer threads).
     fn write_pack(
         &self,
         Job {
+            seq,
             name,
             bytes,
             entries,
@@ -148,12 +284,23 @@ impl Shared {
         // takes the file for an orphan between its rename and its rows.
         // (Separate statements: a lock guard in a chain lives to its end.)
         let claimed = lock(&self.index).claim_pack(&name, self.me.0, self.me.1);
-        let result = claimed
-            .and_then(|()| self.backend.put(&name, &bytes))
-            .and_then(|()| {
-                let mut index = lock(&self.index);
-                index.add_pack(&name, bytes.len() as u64, &entries)
-            });
+        let written = claimed.and_then(|()| self.backend.put(&name, &bytes));
+        let earlier_failure = {
+            let mut st = lock(&self.state);
+            while st.indexed != seq {
+                st = self.written.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            st.poisoned.clone()
+        };
+        let result = written.and_then(|()| match earlier_failure {
+            // An earlier pack is lost: this one may hold trees naming its
+            // chunks, so it must not be indexed (it is an orphan now).
+            Some(why) => {
+                let _ = self.backend.delete(&name);
+                Err(StoreError::Refused(format!("not indexed after {why}")))
+            }
+            None => lock(&self.index).add_pack(&name, bytes.len() as u64, &entries),
+        });
         let mut st = lock(&self.state);
         for e in &entries {
             st.pending.remove(&e.id);
@@ -166,6 +313,7 @@ impl Shared {
             st.spare = Some(buffer);
         }
         st.outstanding -= 1;
+        st.indexed += 1;
         self.written.notify_all();
     }
 }
@@ -174,6 +322,17 @@ impl Store {
     /// Creates a new, empty store in `dir` (which may exist but must not
     /// already hold a store).
     pub fn init(dir: &Path, chunker: ChunkerParams, zstd_level: i32) -> Result<Store, StoreError> {
+        Self::init_with(dir, chunker, zstd_level, OpenOptions::default())
+    }
+
+    /// [`Store::init`] with options: with `options.s3`, the packs go to
+    /// that bucket, which must not hold a store already.
+    pub fn init_with(
+        dir: &Path,
+        chunker: ChunkerParams,
+        zstd_level: i32,
+        options: OpenOptions,
+    ) -> Result<Store, StoreError> {
         chunker
             .validate()
             .map_err(|e| StoreError::Refused(e.to_string()))?;
@@ -184,7 +343,12 @@ impl Store {
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(dir.join("packs")).map_err(|source| StoreError::Io {
+        let packs = if options.s3.is_some() {
+            dir.to_path_buf()
+        } else {
+            dir.join("packs")
+        };
+        std::fs::create_dir_all(&packs).map_err(|source| StoreError::Io {
             context: format!("creating store directory {}", dir.display()),
             source,
         })?;
@@ -196,10 +360,26 @@ impl Store {
             chunker,
             zstd_level,
         };
+        if let Some(s3) = &options.s3 {
+            let bucket = S3Backend::new(s3)?;
+            bucket.probe()?;
+            if let Some(existing) = bucket.get_rel(BUCKET_CONFIG)? {
+                let id = config::parse(&existing)
+                    .map(|c| c.id)
+                    .unwrap_or_else(|_| "(unreadable config)".into());
+                return Err(StoreError::Refused(format!(
+                    "{} already holds store {id}: recover it with \
+                     `homesync admin rebuild-index` instead of creating a new one",
+                    s3.describe()
+                )));
+            }
+            bucket.put_rel(BUCKET_CONFIG, config::render(&cfg).as_bytes())?;
+            write_backend_file(dir, s3)?;
+        }
         Index::open(&dir.join("index.sqlite"), true)?;
         // The config file is written last: it is what marks a complete store.
         config::write(&cfg_path, &cfg)?;
-        Store::open(dir, OpenOptions::default())
+        Store::open(dir, options)
     }
 
     /// Opens the store in `dir`.
@@ -209,13 +389,17 @@ impl Store {
             return Err(StoreError::NotFound(dir.display().to_string()));
         }
         let config = config::read(&cfg_path)?;
+        let backend = open_backend(dir, options.s3.as_ref())?;
+        if let Some(bucket) = backend.s3() {
+            check_bucket_config(bucket, &config)?;
+        }
         let index = Index::open(&dir.join("index.sqlite"), false)?;
         Ok(Store {
             dir: dir.to_path_buf(),
             config,
-            options,
+            verify_uploads: options.verify_uploads,
             shared: Arc::new(Shared {
-                backend: Box::new(LocalDir::new(dir.join("packs"))),
+                backend,
                 index: Mutex::new(index),
                 me: {
                     let pid = std::process::id();
@@ -228,8 +412,11 @@ impl Store {
                     poisoned: None,
                     spare: None,
                     outstanding: 0,
+                    sealed: 0,
+                    indexed: 0,
                 }),
                 written: std::sync::Condvar::new(),
+                seal_order: Mutex::new(()),
             }),
             writer: Mutex::new(None),
         })
@@ -237,6 +424,11 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The bucket holding the packs, if they are not in `DIR/packs`.
+    pub fn bucket(&self) -> Option<&S3Backend> {
+        self.shared.backend.s3()
     }
 
     /// Where the packs are (for verification, `check.rs`).
@@ -249,23 +441,31 @@ impl Store {
         lock(&self.shared.index)
     }
 
-    /// Sends a job to the writer thread, starting it on first use. Blocks
-    /// while the queue is full (back-pressure on the backup).
+    /// Sends a job to the writer threads (as many as the backend writes
+    /// packs at once), starting them on first use. Blocks while they are
+    /// all busy (back-pressure on the backup).
     fn send(&self, job: Job) -> Result<(), StoreError> {
         let tx = {
             let mut w = lock(&self.writer);
             let (tx, _) = w.get_or_insert_with(|| {
                 let (tx, rx) = sync_channel::<Job>(WRITE_QUEUE);
-                let shared = self.shared.clone();
-                let handle = std::thread::Builder::new()
-                    .name("pack-writer".into())
-                    .spawn(move || {
-                        for job in rx {
-                            shared.write_pack(job);
-                        }
+                let rx = Arc::new(Mutex::new(rx));
+                let handles = (0..self.shared.backend.parallel_writes().max(1))
+                    .map(|_| {
+                        let shared = self.shared.clone();
+                        let rx = rx.clone();
+                        std::thread::Builder::new()
+                            .name("pack-writer".into())
+                            .spawn(move || {
+                                // The lock is held only while waiting for a job.
+                                while let Ok(job) = { lock(&rx).recv() } {
+                                    shared.write_pack(job);
+                                }
+                            })
+                            .expect("spawning a pack writer thread")
                     })
-                    .expect("spawning the pack writer thread");
-                (tx, handle)
+                    .collect();
+                (tx, handles)
             });
             tx.clone()
         };
@@ -273,35 +473,53 @@ impl Store {
             .map_err(|_| StoreError::Refused("the pack writer thread has stopped".into()))
     }
 
-    /// Seals the open pack in `slot` (if it has blobs) and queues it.
-    fn seal(&self, slot: Slot) -> Result<(), StoreError> {
-        let job = {
+    /// Seals the open chunk pack and, with `trees`, then the open tree
+    /// pack (so a tree's chunks are always in an earlier pack), and hands
+    /// them to the writers in that order.
+    fn seal(&self, trees: bool) -> Result<(), StoreError> {
+        let _order = lock(&self.shared.seal_order);
+        let jobs = {
             let mut st = lock(&self.shared.state);
             Shared::check_poisoned(&st)?;
-            let w = st.writer(slot);
-            if w.is_empty() {
-                return Ok(());
+            let slots: &[Slot] = if trees {
+                &[Slot::Data, Slot::Tree]
+            } else {
+                &[Slot::Data]
+            };
+            let mut jobs = Vec::new();
+            for &slot in slots {
+                let w = st.writer(slot);
+                if w.is_empty() {
+                    continue;
+                }
+                let (name, bytes, entries) = std::mem::take(w).finish();
+                let bytes = Arc::new(bytes);
+                st.outstanding += 1;
+                let seq = st.sealed;
+                st.sealed += 1;
+                for e in &entries {
+                    st.pending.insert(
+                        e.id,
+                        Pending::Sealed {
+                            pack: bytes.clone(),
+                            offset: e.offset,
+                            length: e.length,
+                        },
+                    );
+                }
+                jobs.push(Job {
+                    seq,
+                    name,
+                    bytes,
+                    entries,
+                });
             }
-            let (name, bytes, entries) = std::mem::take(w).finish();
-            let bytes = Arc::new(bytes);
-            st.outstanding += 1;
-            for e in &entries {
-                st.pending.insert(
-                    e.id,
-                    Pending::Sealed {
-                        pack: bytes.clone(),
-                        offset: e.offset,
-                        length: e.length,
-                    },
-                );
-            }
-            Job {
-                name,
-                bytes,
-                entries,
-            }
+            jobs
         };
-        self.send(job)
+        for job in jobs {
+            self.send(job)?;
+        }
+        Ok(())
     }
 
     /// Makes every blob put so far durable and indexed, or reports why not.
@@ -309,18 +527,30 @@ impl Store {
     /// Waits for every sealed pack of every thread, not just this one's:
     /// a blob this session was told the store "has" may sit in another
     /// session's pack, and a snapshot must not be committed before it.
+    /// After a failed pack write, this is where the store recovers (see the
+    /// module documentation).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.seal(Slot::Data)?;
-        self.seal(Slot::Tree)?;
+        let sealed = self.seal(true);
         let mut st = lock(&self.shared.state);
-        while st.outstanding > 0 && st.poisoned.is_none() {
+        while st.outstanding > 0 {
             st = self
                 .shared
                 .written
                 .wait(st)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        Shared::check_poisoned(&st)
+        if let Some(why) = st.poisoned.take() {
+            let st = &mut *st;
+            for slot in [Slot::Data, Slot::Tree] {
+                *st.writer(slot) = PackWriter::new();
+            }
+            st.pending.retain(|_, p| !matches!(p, Pending::Open { .. }));
+            return Err(StoreError::Refused(format!(
+                "a pack write failed, the blobs of this and other running sessions since \
+                 then are not stored: {why}"
+            )));
+        }
+        sealed
     }
 
     fn verify_upload(
@@ -345,7 +575,7 @@ impl Store {
                 found: parsed.kind,
             }));
         }
-        if self.options.verify_uploads || kind == BlobKind::Tree {
+        if self.verify_uploads || kind == BlobKind::Tree {
             return parsed.plain_verified(id).map(Some).map_err(corrupt);
         }
         Ok(None)
@@ -427,9 +657,11 @@ impl Drop for Store {
     /// Lets queued packs finish: blobs a caller was told are stored are not
     /// silently dropped (they only become visible to others once indexed).
     fn drop(&mut self) {
-        if let Some((tx, handle)) = lock(&self.writer).take() {
+        if let Some((tx, handles)) = lock(&self.writer).take() {
             drop(tx);
-            let _ = handle.join();
+            for h in handles {
+                let _ = h.join();
+            }
         }
     }
 }
@@ -500,12 +732,10 @@ impl Repository for Store {
             full
         };
         if full {
-            if slot == Slot::Tree {
-                // Trees name chunks: the chunks' pack goes to disk first, so a
-                // crash never leaves an indexed tree whose chunks are lost.
-                self.seal(Slot::Data)?;
-            }
-            self.seal(slot)?;
+            // Trees name chunks: the chunks' pack goes first, so neither a
+            // crash nor a failed write leaves an indexed tree whose chunks
+            // are lost.
+            self.seal(slot == Slot::Tree)?;
         }
         Ok(true)
     }
