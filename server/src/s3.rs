@@ -332,7 +332,7 @@ impl S3Backend {
         list.with_prefix(self.prefix.as_str());
         list.with_max_keys(1);
         let url = list.sign(SIGNED_FOR);
-        self.with_retries("listing", &self.prefix, || {
+        self.with_retries("listing", &format!("{}*", self.prefix), || {
             let resp = self.agent.get(url.as_str()).call();
             Self::body(resp, 1 << 20).map(|_| ())
         })

@@ -426,6 +426,19 @@ impl Store {
         &self.dir
     }
 
+    /// The store with its backend wrapped by `wrap`: fault injection in
+    /// tests (failing writes, a full disk). Call before any blob is put.
+    pub fn wrap_backend(
+        mut self,
+        wrap: impl FnOnce(Box<dyn PackBackend>) -> Box<dyn PackBackend>,
+    ) -> Store {
+        let shared = Arc::get_mut(&mut self.shared).expect("no writer threads yet");
+        let noop: Box<dyn PackBackend> = Box::new(LocalDir::new(PathBuf::new()));
+        let inner = std::mem::replace(&mut shared.backend, noop);
+        shared.backend = wrap(inner);
+        self
+    }
+
     /// The bucket holding the packs, if they are not in `DIR/packs`.
     pub fn bucket(&self) -> Option<&S3Backend> {
         self.shared.backend.s3()
@@ -900,6 +913,117 @@ mod tests {
         assert_eq!(store.snapshots().unwrap()[0].0, sid);
         // 1000 blobs, one data pack and one tree pack.
         assert_eq!(store.shared.backend.list().unwrap().len(), 2);
+    }
+
+    /// Fails every pack write while `failing` is set.
+    struct Flaky {
+        inner: Box<dyn PackBackend>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl PackBackend for Flaky {
+        fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Io {
+                    context: format!("writing pack {name}"),
+                    source: std::io::Error::other("injected: the bucket is down"),
+                });
+            }
+            self.inner.put(name, data)
+        }
+        fn read_at(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+            self.inner.read_at(name, offset, len)
+        }
+        fn read(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+            self.inner.read(name)
+        }
+        fn list(&self) -> Result<Vec<String>, StoreError> {
+            self.inner.list()
+        }
+        fn delete(&self, name: &str) -> Result<(), StoreError> {
+            self.inner.delete(name)
+        }
+        fn size(&self, name: &str) -> Result<Option<u64>, StoreError> {
+            self.inner.size(name)
+        }
+        fn parallel_writes(&self) -> usize {
+            4
+        }
+    }
+
+    #[test]
+    fn a_failed_pack_write_fails_the_running_backup_and_the_next_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = failing.clone();
+        let store = Store::init(dir.path(), ChunkerParams::default(), 3)
+            .unwrap()
+            .wrap_backend(|inner| Box::new(Flaky { inner, failing: f }));
+        let kept = chunk(&store, b"stored before the outage");
+        store.flush().unwrap();
+
+        failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        let lost = chunk(&store, b"lost in the outage");
+        let (tid, tblob) = tree_with(vec![kept, lost]);
+        store.put_blob(tid.into(), BlobKind::Tree, &tblob).unwrap();
+        let e = store.commit_snapshot(&snapshot(tid)).unwrap_err();
+        assert!(e.to_string().contains("the bucket is down"), "{e}");
+        assert!(store.snapshots().unwrap().is_empty());
+        failing.store(false, std::sync::atomic::Ordering::SeqCst);
+
+        // Nothing of the failed session is claimed to be stored; the tree
+        // naming the lost chunk is refused until the chunk comes again.
+        assert_eq!(
+            store
+                .has_blobs(&[kept.into(), lost.into(), tid.into()])
+                .unwrap(),
+            [true, false, false]
+        );
+        let e = store
+            .put_blob(tid.into(), BlobKind::Tree, &tblob)
+            .unwrap_err();
+        assert!(e.to_string().contains("lacks"), "{e}");
+        chunk(&store, b"lost in the outage");
+        store.put_blob(tid.into(), BlobKind::Tree, &tblob).unwrap();
+        let sid = store.commit_snapshot(&snapshot(tid)).unwrap();
+        assert_eq!(store.snapshots().unwrap()[0].0, sid);
+        assert_eq!(
+            store.get_blob(lost.into(), BlobKind::Chunk).unwrap(),
+            b"lost in the outage"
+        );
+    }
+
+    #[test]
+    fn four_writer_threads_store_every_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = failing.clone();
+        let store = Store::init(dir.path(), ChunkerParams::default(), 3)
+            .unwrap()
+            .wrap_backend(|inner| Box::new(Flaky { inner, failing: f }));
+        // Enough incompressible chunks for several data packs, written by
+        // four threads at once.
+        let mut ids = Vec::new();
+        for i in 0..40u64 {
+            let mut data = vec![0u8; 1 << 20];
+            let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            for b in data.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            ids.push(chunk(&store, &data));
+        }
+        let (tid, tblob) = tree_with(ids.clone());
+        store.put_blob(tid.into(), BlobKind::Tree, &tblob).unwrap();
+        store.commit_snapshot(&snapshot(tid)).unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), OpenOptions::default()).unwrap();
+        assert!(store.shared.backend.list().unwrap().len() >= 3);
+        for id in ids {
+            store.get_blob(id.into(), BlobKind::Chunk).unwrap();
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// The script that installs every external tool these tests call.
+pub mod garage;
 pub mod server;
 
 pub const INSTALL_SCRIPT: &str = "scripts/install-test-deps.sh";

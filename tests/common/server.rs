@@ -24,10 +24,42 @@ impl Server {
     pub fn start(dir: &Path) -> Server {
         let store = Homesync::new(dir.join("store"));
         store.init();
-        let mut child = Command::new(bin())
-            .args(["--json", "--repo"])
-            .arg(dir.join("store"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        let mut cmd = Command::new(bin());
+        cmd.args(["--json", "--repo"]).arg(dir.join("store")).args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        Self::spawn(cmd, store)
+    }
+
+    /// `homesync serve --server-config DIR/server.toml` with `store =
+    /// "store"` and `extra` (an `[s3]` table, say) in the file; the store
+    /// is created by the server. The file stays for [`Server::restart`].
+    pub fn start_with_config(dir: &Path, extra: &str) -> Server {
+        let config = dir.join("server.toml");
+        std::fs::write(&config, format!("store = \"store\"\n{extra}")).unwrap();
+        Self::start_config(&config)
+    }
+
+    /// `homesync serve --server-config CONFIG` (whose store is CONFIG's
+    /// directory's `store`).
+    pub fn start_config(config: &Path) -> Server {
+        let store = Homesync::new(config.parent().unwrap().join("store"));
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "--json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--server-config",
+        ])
+        .arg(config);
+        Self::spawn(cmd, store)
+    }
+
+    fn spawn(mut cmd: Command, store: Homesync) -> Server {
+        let mut child = cmd
             .env("HOMESYNC_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -36,7 +68,10 @@ impl Server {
             .expect("start homesync serve");
         let mut line = String::new();
         let mut out = BufReader::new(child.stdout.take().unwrap());
-        out.read_line(&mut line).unwrap();
+        // A new store is announced first.
+        while out.read_line(&mut line).unwrap() > 0 && line.contains("\"note\"") {
+            line.clear();
+        }
         // Keep reading: the server reports each session as it ends (and a
         // closed pipe would fail its writes).
         let lines = Arc::new(Mutex::new(Vec::new()));
