@@ -111,10 +111,7 @@ impl Garage {
                 &format!("{KEY_ID}:{SECRET}"),
                 "-H",
                 "x-amz-content-sha256: UNSIGNED-PAYLOAD",
-                &format!(
-                    "{}/packs?list-type=2&max-keys=1000",
-                    self.endpoint()
-                ),
+                &format!("{}/packs?list-type=2&max-keys=1000", self.endpoint()),
             ])
             .output()
             .expect("curl");
