@@ -130,23 +130,7 @@ fn backup_restore_retention_gc_and_check_run_on_the_bucket() {
     // A damaged pack in the bucket is found by check --read-data.
     let (victim, _) = garage.objects("packs/").into_iter().next().unwrap();
     let name = victim.rsplit('/').next().unwrap();
-    std::process::Command::new("curl")
-        .args([
-            "-sf",
-            "-X",
-            "PUT",
-            "--aws-sigv4",
-            "aws:amz:garage:s3",
-            "--user",
-            &format!("{KEY_ID}:{SECRET}"),
-            "-H",
-            "x-amz-content-sha256: UNSIGNED-PAYLOAD",
-            "--data-binary",
-            "not a pack",
-            &format!("{}/packs/{victim}", garage.endpoint()),
-        ])
-        .status()
-        .unwrap();
+    garage.put_object(&victim, "not a pack");
     let check = store_cmd(tmp.path()).run(&[arg("check"), arg("--read-data")]);
     check.expect_code(5);
     assert!(check.stdout.contains(name), "{}", check.stdout);

@@ -140,13 +140,13 @@ fn a_deleted_index_is_rebuilt_from_the_packs_and_collected_snapshots_stay_gone()
         serde_json::json!([old]),
         "{report}"
     );
-    assert_eq!(snapshot_ids(&hs), [new.clone()]);
+    assert_eq!(snapshot_ids(&hs), vec![new.clone()]);
     restores_identically(&hs, &new, &src, &tmp.path().join("r"));
 
     // From the packs alone: the same, with nothing from the copy.
     let report = rebuild(&hs, &["--replace", "--packs-only"]);
     assert!(report["copy"].is_null(), "{report}");
     assert_eq!(report["snapshots"], 1, "{report}");
-    assert_eq!(snapshot_ids(&hs), [new.clone()]);
+    assert_eq!(snapshot_ids(&hs), vec![new.clone()]);
     hs.run(&[arg("check"), arg("--read-data")]).expect_ok();
 }

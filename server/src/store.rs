@@ -951,14 +951,20 @@ mod tests {
         }
     }
 
+    /// A new store in `dir` whose pack writes fail while the flag is set.
+    fn flaky_store(dir: &Path) -> (Store, Arc<std::sync::atomic::AtomicBool>) {
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = failing.clone();
+        let store = Store::init(dir, ChunkerParams::default(), 3)
+            .unwrap()
+            .wrap_backend(|inner| Box::new(Flaky { inner, failing: f }));
+        (store, failing)
+    }
+
     #[test]
     fn a_failed_pack_write_fails_the_running_backup_and_the_next_one_succeeds() {
         let dir = tempfile::tempdir().unwrap();
-        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let f = failing.clone();
-        let store = Store::init(dir.path(), ChunkerParams::default(), 3)
-            .unwrap()
-            .wrap_backend(|inner| Box::new(Flaky { inner, failing: f }));
+        let (store, failing) = flaky_store(dir.path());
         let kept = chunk(&store, b"stored before the outage");
         store.flush().unwrap();
 
@@ -996,11 +1002,7 @@ mod tests {
     #[test]
     fn four_writer_threads_store_every_pack() {
         let dir = tempfile::tempdir().unwrap();
-        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let f = failing.clone();
-        let store = Store::init(dir.path(), ChunkerParams::default(), 3)
-            .unwrap()
-            .wrap_backend(|inner| Box::new(Flaky { inner, failing: f }));
+        let (store, _) = flaky_store(dir.path());
         // Enough incompressible chunks for several data packs, written by
         // four threads at once.
         let mut ids = Vec::new();

@@ -99,9 +99,9 @@ impl Garage {
         garage_sh(&["revive", self.dir.to_str().unwrap(), &n.to_string()]);
     }
 
-    /// Keys under `prefix` in bucket `packs` with their ETags (of the first
-    /// 1000), listed with curl's own SigV4 (not homesync's client).
-    pub fn objects(&self, prefix: &str) -> Vec<(String, String)> {
+    /// curl with Garage's SigV4 signature on `path` (below the endpoint)
+    /// and `extra` arguments; its stdout, asserting success.
+    pub fn curl(&self, path: &str, extra: &[&str]) -> Vec<u8> {
         let out = Command::new("curl")
             .args([
                 "-sf",
@@ -111,12 +111,28 @@ impl Garage {
                 &format!("{KEY_ID}:{SECRET}"),
                 "-H",
                 "x-amz-content-sha256: UNSIGNED-PAYLOAD",
-                &format!("{}/packs?list-type=2&max-keys=1000", self.endpoint()),
             ])
+            .args(extra)
+            .arg(format!("{}/{path}", self.endpoint()))
             .output()
             .expect("curl");
-        assert!(out.status.success(), "listing the bucket with curl failed");
-        let xml = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "curl {path} {extra:?} failed");
+        out.stdout
+    }
+
+    /// Replaces object `key` of bucket `packs` with `bytes`.
+    pub fn put_object(&self, key: &str, bytes: &str) {
+        self.curl(
+            &format!("packs/{key}"),
+            &["-X", "PUT", "--data-binary", bytes],
+        );
+    }
+
+    /// Keys under `prefix` in bucket `packs` with their ETags (of the first
+    /// 1000), listed with curl's own SigV4 (not homesync's client).
+    pub fn objects(&self, prefix: &str) -> Vec<(String, String)> {
+        let out = self.curl("packs?list-type=2&max-keys=1000", &[]);
+        let xml = String::from_utf8_lossy(&out);
         let tag = |s: &str, t: &str| {
             s.split(&format!("<{t}>"))
                 .nth(1)
