@@ -66,7 +66,7 @@ fn listed(hs: &Homesync, kind: &str) -> Value {
     let run = hs.run(args!["admin", "jobs"]);
     run.expect_ok();
     let jobs = run.messages("job");
-    assert_eq!(jobs.len(), 3, "{}", run.describe());
+    assert_eq!(jobs.len(), 4, "{}", run.describe());
     jobs.into_iter()
         .find(|j| j["kind"] == kind)
         .cloned()
@@ -303,7 +303,8 @@ fn serve_runs_the_jobs_on_its_schedule_and_stops_promptly() {
         &config,
         "store = \"store\"\nlisten = \"127.0.0.1:0\"\n\
          [retention]\nkeep_last = 1\n\
-         [jobs]\nretention_every = \"1s\"\ngc_every = \"1s\"\ncheck_every = \"2s\"\n",
+         [jobs]\nretention_every = \"1s\"\ngc_every = \"1s\"\ncheck_every = \"2s\"\n\
+         index_copy_every = \"2s\"\n",
     )
     .unwrap();
     let (mut child, rx) = serve(&config);
@@ -312,7 +313,7 @@ fn serve_runs_the_jobs_on_its_schedule_and_stops_promptly() {
     let mut runs: Vec<Value> = Vec::new();
     let enough = |runs: &[Value]| {
         let n = |k: &str| runs.iter().filter(|j| j["kind"] == k).count();
-        n("retention") >= 2 && n("gc") >= 2 && n("check") >= 1
+        n("retention") >= 2 && n("gc") >= 2 && n("check") >= 1 && n("index-copy") >= 1
     };
     while !enough(&runs) {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -336,6 +337,15 @@ fn serve_runs_the_jobs_on_its_schedule_and_stops_promptly() {
     );
     // The server's runs are in the jobs table too.
     assert_eq!(listed(&hs, "check")["numbers"]["damage"], 0);
+    // The index copy is a sound SQLite file naming the snapshot kept.
+    let copies: Vec<_> = std::fs::read_dir(hs.repo.join("index-copies"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!copies.is_empty() && copies.len() <= 3, "{copies:?}");
+    let copy = Index::open(&copies[0], false).unwrap();
+    assert_eq!(copy.integrity_problem().unwrap(), None);
+    assert!(!copy.snapshots().unwrap().is_empty());
 
     // SIGTERM: the server stops within a few seconds.
     let stopped = Instant::now();
