@@ -19,6 +19,7 @@ use serde_json::Value;
 
 /// The script that installs every external tool these tests call.
 pub mod garage;
+pub mod relay;
 pub mod server;
 
 pub const INSTALL_SCRIPT: &str = "scripts/install-test-deps.sh";
