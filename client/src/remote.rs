@@ -8,7 +8,7 @@
 //! BLAKE3 fingerprint: no CA, and nothing else is accepted.
 
 use crate::error::ClientError;
-use homesync_protocol::wire::{self, ErrorCode, PutItem, Request, Response};
+use homesync_protocol::wire::{self, ErrorCode, GotBlob, PutItem, Request, Response};
 use homesync_protocol::{
     BlobId, BlobKind, Repository, Snapshot, SnapshotId, StoreConfig, StoreError, Transfer, blob,
 };
@@ -57,6 +57,9 @@ pub struct RemoteRepository {
     config: StoreConfig,
     machine: String,
     role: String,
+    /// The protocol version of the session: the server's answer to ours,
+    /// lower with an older server (then blobs are fetched one by one).
+    version: u32,
     /// Payload bytes handed to the connection (see [`Transfer`]).
     blob_bytes: AtomicU64,
     delta_bytes: AtomicU64,
@@ -229,26 +232,41 @@ impl RemoteRepository {
                 source,
             })?;
         endpoint.set_default_client_config(config);
-        let conn = runtime
-            .block_on(async {
-                let connecting = endpoint
-                    .connect(addr, "homesync")
-                    .map_err(|e| e.to_string())?;
-                connecting.await.map_err(|e| e.to_string())
-            })
-            .map_err(|e| refused(format!("connecting to {addr}: {e}")))?;
-        let hello = Request::Hello {
-            version: wire::PROTOCOL_VERSION,
-            credential: opts.credential.clone(),
+        // A server of an older protocol refuses ours with `Version` and
+        // closes the connection: connect again speaking its version.
+        let mut version = wire::PROTOCOL_VERSION;
+        let (conn, reply) = loop {
+            let conn = runtime
+                .block_on(async {
+                    let connecting = endpoint
+                        .connect(addr, "homesync")
+                        .map_err(|e| e.to_string())?;
+                    connecting.await.map_err(|e| e.to_string())
+                })
+                .map_err(|e| refused(format!("connecting to {addr}: {e}")))?;
+            let hello = Request::Hello {
+                version,
+                credential: opts.credential.clone(),
+            };
+            match runtime.block_on(call(&conn, &hello))? {
+                Response::Error {
+                    code: ErrorCode::Version,
+                    message,
+                } if version > wire::MIN_PROTOCOL_VERSION => {
+                    tracing::debug!("{addr}: {message}; speaking protocol {}", version - 1);
+                    conn.close(0u32.into(), b"another version");
+                    version -= 1;
+                }
+                reply => break (conn, reply),
+            }
         };
-        let reply = runtime.block_on(call(&conn, &hello))?;
         let Response::Welcome {
+            version: agreed,
             store_id,
             chunker,
             zstd_level,
             machine,
             role,
-            ..
         } = reply
         else {
             return Err(match reply {
@@ -256,6 +274,8 @@ impl RemoteRepository {
                 other => refused(format!("unexpected answer to Hello: {other:?}")).into(),
             });
         };
+        // A server of version 2 answers with its own version, which was ours.
+        let version = agreed.min(version);
         chunker
             .validate()
             .map_err(|e| refused(format!("server's chunker: {e}")))?;
@@ -274,6 +294,7 @@ impl RemoteRepository {
             },
             machine,
             role,
+            version,
             blob_bytes: AtomicU64::new(0),
             delta_bytes: AtomicU64::new(0),
             deltas: AtomicU64::new(0),
@@ -616,11 +637,52 @@ impl Repository for RemoteRepository {
             },
             Some(id),
         )? {
-            // The server verified it; so do we: the network is not trusted either.
+            // The server sends it as stored: this check is the one that
+            // finds damage, on its disk or on the way.
             Response::Blob { blob } => blob::decode_verified(&blob, id, kind)
                 .map_err(|source| StoreError::Corrupt { id, source }),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// One `GetBatch` stream for many blobs (a stream, a server task and a
+    /// lookup per small file cost more than the file); what does not fit
+    /// in one answer is asked for again. Each blob is verified here.
+    fn get_blobs(
+        &self,
+        ids: &[BlobId],
+        kind: BlobKind,
+    ) -> Result<Vec<Result<Vec<u8>, StoreError>>, StoreError> {
+        if self.version < wire::GET_BATCH_VERSION {
+            return Ok(ids.iter().map(|&id| self.get_blob(id, kind)).collect());
+        }
+        let sending = {
+            let inflight = self.inflight.ids.lock().unwrap_or_else(|e| e.into_inner());
+            ids.iter().any(|id| inflight.contains(id))
+        };
+        if sending {
+            self.drain()?;
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        while out.len() < ids.len() {
+            let rest = &ids[out.len()..];
+            let ask = &rest[..rest.len().min(wire::MAX_GET_BATCH)];
+            let req = Request::GetBatch {
+                ids: ask.to_vec(),
+                kind: kind as u8,
+            };
+            let list = match self.request(&req, None)? {
+                Response::Blobs { list } if !list.is_empty() && list.len() <= ask.len() => list,
+                other => return Err(unexpected(other)),
+            };
+            out.extend(list.into_iter().zip(ask).map(|(got, &id)| match got {
+                // The network is not trusted, nor is the server's disk.
+                GotBlob::Blob(blob) => blob::decode_verified(&blob, id, kind)
+                    .map_err(|source| StoreError::Corrupt { id, source }),
+                GotBlob::Error { code, message } => Err(from_wire(code, message, Some(id))),
+            }));
+        }
+        Ok(out)
     }
 
     fn commit_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId, StoreError> {

@@ -22,8 +22,15 @@ use serde::{Deserialize, Serialize};
 
 /// QUIC application protocol name; a change of it is a new protocol.
 pub const ALPN: &[u8] = b"homesync/1";
-/// Checked in `Hello`: both sides must speak the same version.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Checked in `Hello`. Version 3 added `GetBatch`; a server still serves
+/// clients of every version from [`MIN_PROTOCOL_VERSION`] on (their requests
+/// are a subset of its own) and answers `Welcome` with the client's
+/// version, so a client knows what it may send.
+pub const PROTOCOL_VERSION: u32 = 3;
+/// The oldest client version a server still serves.
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
+/// The first version with `GetBatch`.
+pub const GET_BATCH_VERSION: u32 = 3;
 const FRAME_VERSION: u8 = 1;
 /// The largest frame: a maximal blob plus room for the message around it.
 pub const MAX_FRAME: usize = MAX_PLAIN_LEN + (1 << 20);
@@ -34,6 +41,13 @@ pub const MAX_PUT_BATCH: usize = 4096;
 /// At most this many ids per `Signatures` request (a 4 MiB chunk's
 /// signature is 24 KiB: the answer stays far below [`MAX_FRAME`]).
 pub const MAX_SIGNATURE_BATCH: usize = 64;
+/// At most this many ids per `GetBatch` request.
+pub const MAX_GET_BATCH: usize = 1024;
+/// A `GetBatch` answer carries blobs up to about this many bytes (at least
+/// one blob, whatever its size); the ids after them are left for the
+/// client to ask again. So one stream holds no more answer in memory than
+/// a `Get` of the largest chunk does.
+pub const GET_BATCH_BYTES: usize = 4 << 20;
 
 /// One chunk of a `PutBatch`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +55,17 @@ pub struct PutItem {
     pub id: BlobId,
     #[serde(with = "serde_bytes")]
     pub blob: Vec<u8>,
+}
+
+/// One blob of a `GetBatch` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GotBlob {
+    /// The encoded blob, as stored; the client verifies it.
+    Blob(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// This blob could not be read (`NotFound`, `Corrupt`, `Internal`): the
+    /// others are still answered, so the client can name the files it
+    /// affects and restore the rest.
+    Error { code: ErrorCode, message: String },
 }
 
 /// What a client asks.
@@ -87,6 +112,9 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         delta: Vec<u8>,
     },
+    /// Many blobs of one kind in one stream (protocol 3): a stream per small
+    /// file costs more than the file. Answered by `Blobs`, in order.
+    GetBatch { ids: Vec<BlobId>, kind: u8 },
 }
 
 /// Why a request failed. Stable numbers: clients map them to exit codes.
@@ -155,6 +183,12 @@ pub enum Response {
         code: ErrorCode,
         message: String,
     },
+    /// The answer to `GetBatch`: one entry per id asked, in order, but
+    /// possibly fewer than asked (the first ones, within
+    /// [`GET_BATCH_BYTES`]): the client asks again for the rest.
+    Blobs {
+        list: Vec<GotBlob>,
+    },
 }
 
 /// Why bytes are not a valid frame.
@@ -174,6 +208,8 @@ pub enum WireError {
     PutBatchTooLarge(usize),
     #[error("`Signatures` with {0} ids, over the limit of {MAX_SIGNATURE_BATCH}")]
     SignatureBatchTooLarge(usize),
+    #[error("`GetBatch` with {0} ids, over the limit of {MAX_GET_BATCH}")]
+    GetBatchTooLarge(usize),
 }
 
 /// A whole frame: the length prefix is written in place afterwards, so a
@@ -241,6 +277,11 @@ impl Request {
         {
             return Err(WireError::SignatureBatchTooLarge(ids.len()));
         }
+        if let Request::GetBatch { ids, .. } = &req
+            && ids.len() > MAX_GET_BATCH
+        {
+            return Err(WireError::GetBatchTooLarge(ids.len()));
+        }
         Ok(req)
     }
 
@@ -258,6 +299,7 @@ impl Request {
             Request::Generation => "Generation",
             Request::Signatures { .. } => "Signatures",
             Request::PutDelta { .. } => "PutDelta",
+            Request::GetBatch { .. } => "GetBatch",
         }
     }
 }
@@ -280,28 +322,43 @@ impl Response {
 }
 
 /// The order rules of one session, as a state machine: `Hello` first and
-/// once; everything else only after a successful `Hello`.
+/// once; everything else only after a successful `Hello`, and only what the
+/// version agreed in `Hello` has.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Session<P> {
     #[default]
     AwaitHello,
-    /// Authenticated as `P` (the server's idea of who the peer is).
-    Ready(P),
+    /// Authenticated as `P` (the server's idea of who the peer is), speaking
+    /// protocol version `u32`.
+    Ready(P, u32),
     /// A failed `Hello` ends the session: the connection is closed.
     Closed,
 }
 
+impl Request {
+    /// The first protocol version that has this request.
+    pub fn since_version(&self) -> u32 {
+        match self {
+            Request::GetBatch { .. } => GET_BATCH_VERSION,
+            _ => MIN_PROTOCOL_VERSION,
+        }
+    }
+}
+
 impl<P: Clone> Session<P> {
     /// Whether `req` may be served now. On `Ok(None)` the request is a
-    /// `Hello` to authenticate (then call [`Session::established`] or
-    /// [`Session::close`]); on `Ok(Some(p))` serve it as `p`.
+    /// `Hello` to authenticate (then call [`Session::established`] with its
+    /// version, or [`Session::close`]); on `Ok(Some(p))` serve it as `p`.
     pub fn admit(&self, req: &Request) -> Result<Option<P>, Response> {
         match (self, req) {
             (Session::AwaitHello, Request::Hello { version, .. }) => {
-                if *version != PROTOCOL_VERSION {
+                if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(version) {
                     return Err(Response::error(
                         ErrorCode::Version,
-                        format!("server speaks protocol {PROTOCOL_VERSION}, client {version}"),
+                        format!(
+                            "server speaks protocol {MIN_PROTOCOL_VERSION} to \
+                             {PROTOCOL_VERSION}, client {version}"
+                        ),
                     ));
                 }
                 Ok(None)
@@ -310,11 +367,21 @@ impl<P: Clone> Session<P> {
                 ErrorCode::Unauthenticated,
                 "send Hello first",
             )),
-            (Session::Ready(_), Request::Hello { .. }) => Err(Response::error(
+            (Session::Ready(..), Request::Hello { .. }) => Err(Response::error(
                 ErrorCode::BadRequest,
                 "Hello was already sent",
             )),
-            (Session::Ready(p), _) => Ok(Some(p.clone())),
+            (Session::Ready(_, version), req) if req.since_version() > *version => {
+                Err(Response::error(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "{} is not part of protocol {version} (it came with {})",
+                        req.name(),
+                        req.since_version()
+                    ),
+                ))
+            }
+            (Session::Ready(p, _), _) => Ok(Some(p.clone())),
             (Session::Closed, _) => Err(Response::error(
                 ErrorCode::Unauthenticated,
                 "session closed",
@@ -322,8 +389,9 @@ impl<P: Clone> Session<P> {
         }
     }
 
-    pub fn established(&mut self, principal: P) {
-        *self = Session::Ready(principal);
+    /// Authenticated as `principal`, speaking `version` (from its `Hello`).
+    pub fn established(&mut self, principal: P, version: u32) {
+        *self = Session::Ready(principal, version);
     }
 
     pub fn close(&mut self) {
@@ -379,6 +447,10 @@ mod tests {
                 base: BlobId([10; 32]),
                 delta: vec![0, 1, 2],
             },
+            Request::GetBatch {
+                ids: vec![BlobId([11; 32]), BlobId([12; 32])],
+                kind: 0,
+            },
         ]
     }
 
@@ -413,6 +485,15 @@ mod tests {
                 list: vec![None, Some(serde_bytes::ByteBuf::from(vec![1]))],
             },
             Response::error(ErrorCode::Forbidden, "no"),
+            Response::Blobs {
+                list: vec![
+                    GotBlob::Blob(vec![1, 2, 3]),
+                    GotBlob::Error {
+                        code: ErrorCode::Corrupt,
+                        message: "damaged".into(),
+                    },
+                ],
+            },
         ];
         for r in responses {
             assert_eq!(Response::decode(&r.encode()).unwrap(), r);
@@ -445,6 +526,15 @@ mod tests {
             Request::decode(&big),
             Err(WireError::BatchTooLarge(_))
         ));
+        let big = Request::GetBatch {
+            ids: vec![BlobId([0; 32]); MAX_GET_BATCH + 1],
+            kind: 0,
+        }
+        .encode();
+        assert!(matches!(
+            Request::decode(&big),
+            Err(WireError::GetBatchTooLarge(_))
+        ));
     }
 
     #[test]
@@ -474,7 +564,7 @@ mod tests {
             credential: "c".into(),
         };
         assert_eq!(s.admit(&hello), Ok(None));
-        s.established("alice");
+        s.established("alice", PROTOCOL_VERSION);
         assert_eq!(s.admit(&has), Ok(Some("alice")));
         assert!(matches!(
             s.admit(&hello),
@@ -485,6 +575,49 @@ mod tests {
         ));
         s.close();
         assert!(s.admit(&has).is_err());
+    }
+
+    /// A server serves the older protocol too, but only its requests: a
+    /// client of version 2 gets `Welcome`, and `GetBatch` (version 3) is
+    /// refused in its session.
+    #[test]
+    fn older_clients_are_served_what_their_version_has() {
+        let mut s: Session<&str> = Session::default();
+        let old = Request::Hello {
+            version: MIN_PROTOCOL_VERSION,
+            credential: "c".into(),
+        };
+        assert_eq!(s.admit(&old), Ok(None));
+        s.established("bob", MIN_PROTOCOL_VERSION);
+        let get = Request::Get {
+            id: BlobId([1; 32]),
+            kind: 0,
+        };
+        assert_eq!(s.admit(&get), Ok(Some("bob")));
+        let batch = Request::GetBatch {
+            ids: vec![BlobId([1; 32])],
+            kind: 0,
+        };
+        assert!(matches!(
+            s.admit(&batch),
+            Err(Response::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            })
+        ));
+        s.established("bob", GET_BATCH_VERSION);
+        assert_eq!(s.admit(&batch), Ok(Some("bob")));
+        let too_old = Request::Hello {
+            version: MIN_PROTOCOL_VERSION - 1,
+            credential: "c".into(),
+        };
+        assert!(matches!(
+            Session::<&str>::default().admit(&too_old),
+            Err(Response::Error {
+                code: ErrorCode::Version,
+                ..
+            })
+        ));
     }
 
     proptest! {
@@ -504,7 +637,7 @@ mod tests {
         }
 
         #[test]
-        fn mutated_requests_never_panic(which in 0usize..11, at: usize, val: u8) {
+        fn mutated_requests_never_panic(which in 0usize..12, at: usize, val: u8) {
             let mut f = requests()[which].encode();
             let i = at % f.len();
             f[i] = val;

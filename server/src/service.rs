@@ -8,7 +8,7 @@
 
 use crate::auth::{Auth, Principal, Role};
 use crate::store::Store;
-use homesync_protocol::wire::{self, ErrorCode, Request, Response, Session};
+use homesync_protocol::wire::{self, ErrorCode, GotBlob, Request, Response, Session};
 use homesync_protocol::{BlobKind, Repository, Snapshot, StoreError};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -319,7 +319,7 @@ impl Service {
         }
         if let Some(report) = &self.reporter {
             let machine = match &*session.lock().await {
-                Session::Ready(a) => Some(a.principal.machine.clone()),
+                Session::Ready(a, _) => Some(a.principal.machine.clone()),
                 _ => None,
             };
             let stats = conn.stats();
@@ -417,7 +417,11 @@ impl Service {
                 a
             }
             Ok(None) => {
-                let Request::Hello { credential, .. } = req else {
+                let Request::Hello {
+                    credential,
+                    version,
+                } = req
+                else {
                     unreachable!("admit returns None only for Hello")
                 };
                 let auth = self.auth.clone();
@@ -440,8 +444,9 @@ impl Service {
                     Ok((p, writer)) => {
                         tracing::info!("{peer}: session of {} ({})", p.machine, p.role.as_str());
                         let c = self.store.config();
+                        // The client's version: it may send what that has.
                         let welcome = Response::Welcome {
-                            version: wire::PROTOCOL_VERSION,
+                            version,
                             store_id: c.id.clone(),
                             chunker: c.chunker,
                             zstd_level: c.zstd_level,
@@ -451,11 +456,14 @@ impl Service {
                         // A restore token is spent by this session; other
                         // credentials are checked again on every request.
                         let credential = (p.role != Role::Restore).then_some(credential);
-                        s.established(Authed {
-                            principal: p,
-                            credential,
-                            _writer: writer,
-                        });
+                        s.established(
+                            Authed {
+                                principal: p,
+                                credential,
+                                _writer: writer,
+                            },
+                            version,
+                        );
                         welcome
                     }
                     Err(e) => {
@@ -610,11 +618,34 @@ impl Service {
                     Response::Forgotten
                 })
             }
+            // Sent as stored, unverified: the client verifies every blob
+            // (see `Store::read_blob`).
             Request::Get { id, kind } => match kind_of(kind) {
                 Ok(kind) => self
                     .store
-                    .read_blob_verified(id, kind)
+                    .read_blob(id, kind)
                     .map(|blob| Response::Blob { blob }),
+                Err(r) => return r,
+            },
+            Request::GetBatch { ids, kind } => match kind_of(kind) {
+                Ok(kind) => self
+                    .store
+                    .read_blobs(&ids, kind, wire::GET_BATCH_BYTES)
+                    .map(|list| Response::Blobs {
+                        list: list
+                            .into_iter()
+                            .map(|r| match r {
+                                Ok(blob) => GotBlob::Blob(blob),
+                                Err(e) => {
+                                    tracing::warn!("{}: GetBatch: {e}", p.machine);
+                                    GotBlob::Error {
+                                        code: error_code(&e),
+                                        message: e.to_string(),
+                                    }
+                                }
+                            })
+                            .collect(),
+                    }),
                 Err(r) => return r,
             },
             Request::Commit { snapshot } => {
@@ -654,15 +685,17 @@ impl Service {
                 })
             }
         };
-        result.unwrap_or_else(|e| {
-            let code = match &e {
-                StoreError::Missing(_) | StoreError::NoSnapshot(_) => ErrorCode::NotFound,
-                e if e.is_corruption() => ErrorCode::Corrupt,
-                StoreError::Refused(_) => ErrorCode::Refused,
-                _ => ErrorCode::Internal,
-            };
-            Response::error(code, e.to_string())
-        })
+        result.unwrap_or_else(|e| Response::error(error_code(&e), e.to_string()))
+    }
+}
+
+/// The wire's name for a store error.
+fn error_code(e: &StoreError) -> ErrorCode {
+    match e {
+        StoreError::Missing(_) | StoreError::NoSnapshot(_) => ErrorCode::NotFound,
+        e if e.is_corruption() => ErrorCode::Corrupt,
+        StoreError::Refused(_) => ErrorCode::Refused,
+        _ => ErrorCode::Internal,
     }
 }
 
