@@ -541,7 +541,10 @@ fn unexpected(r: Response) -> StoreError {
 async fn call(conn: &quinn::Connection, req: &Request) -> Result<Response, StoreError> {
     let lost = |e: &dyn std::fmt::Display| refused(format!("connection to the server lost: {e}"));
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
-    send.write_all(&req.encode()).await.map_err(|e| lost(&e))?;
+    // Handed over whole (no copy into quinn's buffers).
+    send.write_chunk(req.encode().into())
+        .await
+        .map_err(|e| lost(&e))?;
     send.finish().map_err(|e| lost(&e))?;
     // One allocation at the announced size (checked against the limit).
     let mut header = [0u8; 4];

@@ -262,8 +262,10 @@ const GROUP_BYTES: u64 = 2 << 20;
 /// shared chunks ([`SHARED_BUDGET`]).
 const LARGE_WORKERS: usize = 4;
 const FETCH_WINDOW: usize = 4;
-/// Trees fetched at once while planning.
+/// Tasks fetching trees at once while planning...
 const TREE_FETCHERS: usize = 32;
+/// ...each up to this many trees in one call.
+const TREE_BATCH: usize = 64;
 
 /// Consecutive files of one chunk in groups of up to [`GROUP_FILES`]
 /// files and [`GROUP_BYTES`] bytes, in the order given.
@@ -894,9 +896,11 @@ impl Restorer<'_> {
     }
 
     /// Collects the items to restore, sorted by path (so parents come
-    /// before their children). Trees are fetched [`TREE_FETCHERS`] at once,
-    /// each directory's as soon as its parent's has arrived: over a network
-    /// each tree is a round trip, and a home has thousands.
+    /// before their children). Directories whose parent's tree has arrived
+    /// wait in a queue; up to [`TREE_FETCHERS`] tasks each take up to
+    /// [`TREE_BATCH`] of them and fetch their trees with one `get_blobs`
+    /// call: over a network each call is a round trip (and a stream, and
+    /// a server task), and a home has thousands of directories.
     fn plan(
         &self,
         planners: &rayon::ThreadPool,
@@ -909,14 +913,13 @@ impl Restorer<'_> {
             max_entries: max_entries.unwrap_or(u64::MAX),
             items: Mutex::new(Vec::new()),
             entries: AtomicU64::new(0),
+            queue: Mutex::new(Vec::new()),
         };
         let pr = &p;
         planners.scope(|s| {
             let mut dirs = Vec::new();
             self.plan_entries(pr, vec![(Vec::new(), root)], 0, &mut dirs);
-            for (rel, sub) in dirs {
-                s.spawn(move |s| self.plan_tree(s, pr, rel, sub, 1));
-            }
+            self.queue_trees(s, pr, dirs, 1);
         });
         let entries = p.entries.load(Relaxed);
         if entries > p.max_entries {
@@ -942,39 +945,77 @@ impl Restorer<'_> {
         Ok(items)
     }
 
-    /// Fetches the tree of directory `rel`, plans its entries and starts
-    /// on its subdirectories.
-    fn plan_tree<'s>(
+    /// Queues directories (`depth` below the root) whose trees are to be
+    /// fetched, and starts enough tasks to fetch them in batches.
+    fn queue_trees<'s>(
         &'s self,
         s: &rayon::Scope<'s>,
         p: &'s Planning<'_>,
-        rel: Vec<u8>,
-        sub: homesync_protocol::TreeId,
+        dirs: Vec<(Vec<u8>, homesync_protocol::TreeId)>,
         depth: usize,
     ) {
+        let tasks = dirs.len().div_ceil(TREE_BATCH);
+        p.queue
+            .lock()
+            .expect("plan queue")
+            .extend(dirs.into_iter().map(|(rel, sub)| (rel, sub, depth)));
+        for _ in 0..tasks {
+            s.spawn(move |s| self.plan_trees(s, p));
+        }
+    }
+
+    /// Takes up to [`TREE_BATCH`] queued directories (the most recently
+    /// queued: depth first keeps the queue short), fetches their trees in
+    /// one call, plans their entries and queues their subdirectories. A
+    /// task that finds the queue empty (others took it) has nothing to do.
+    fn plan_trees<'s>(&'s self, s: &rayon::Scope<'s>, p: &'s Planning<'_>) {
         if p.entries.load(Relaxed) > p.max_entries {
             return;
         }
-        match browse::load_tree(self.repo, sub) {
-            Ok(tree) => {
-                let children = tree
-                    .nodes
-                    .into_iter()
-                    .map(|child| (join(&rel, &child.name), child))
-                    .collect();
-                let mut dirs = Vec::new();
-                self.plan_entries(p, children, depth, &mut dirs);
-                for (rel, sub) in dirs {
-                    s.spawn(move |s| self.plan_tree(s, p, rel, sub, depth + 1));
+        let batch = {
+            let mut q = p.queue.lock().expect("plan queue");
+            let keep = q.len().saturating_sub(TREE_BATCH);
+            q.split_off(keep)
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let ids: Vec<_> = batch.iter().map(|(_, sub, _)| *sub).collect();
+        let trees = match browse::load_trees(self.repo, &ids) {
+            Ok(trees) => trees,
+            Err(e) => {
+                for (rel, ..) in &batch {
+                    self.fail(
+                        rel,
+                        Fail {
+                            msg: format!("its entries are not restored: {e}"),
+                            corrupt: e.is_corruption(),
+                        },
+                    );
                 }
+                return;
             }
-            Err(e) => self.fail(
-                &rel,
-                Fail {
-                    msg: format!("its entries are not restored: {e}"),
-                    corrupt: e.is_corruption(),
-                },
-            ),
+        };
+        for ((rel, _, depth), tree) in batch.into_iter().zip(trees) {
+            match tree {
+                Ok(tree) => {
+                    let children = tree
+                        .nodes
+                        .into_iter()
+                        .map(|child| (join(&rel, &child.name), child))
+                        .collect();
+                    let mut dirs = Vec::new();
+                    self.plan_entries(p, children, depth, &mut dirs);
+                    self.queue_trees(s, p, dirs, depth + 1);
+                }
+                Err(e) => self.fail(
+                    &rel,
+                    Fail {
+                        msg: format!("its entries are not restored: {e}"),
+                        corrupt: e.is_corruption(),
+                    },
+                ),
+            }
         }
     }
 
@@ -1201,6 +1242,9 @@ struct Planning<'a> {
     items: Mutex<Vec<Item>>,
     /// Entries planned that take an inode.
     entries: AtomicU64,
+    /// Directories whose trees are still to be fetched: (path, tree, depth).
+    #[allow(clippy::type_complexity)]
+    queue: Mutex<Vec<(Vec<u8>, homesync_protocol::TreeId, usize)>>,
 }
 
 /// Restores `snapshot` (or the parts named in `opts.paths`) into `opts.target`.

@@ -212,10 +212,16 @@ pub enum WireError {
     GetBatchTooLarge(usize),
 }
 
-/// A whole frame: the length prefix is written in place afterwards, so a
-/// megabyte blob is not copied once more to put four bytes before it.
+/// A whole frame, in one allocation of its final size (a buffer growing
+/// as blobs are appended would copy a 4 MiB answer several times over).
+/// The length prefix is written in place afterwards, so a megabyte blob is
+/// not copied once more to put four bytes before it.
 fn frame<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = encode_versioned_after(vec![0; 4], FRAME_VERSION, value);
+    // Counting is cheap: byte strings count by their length.
+    let size = postcard::experimental::serialized_size(value).unwrap_or(0);
+    let mut out = Vec::with_capacity(4 + 1 + size);
+    out.extend_from_slice(&[0; 4]);
+    let mut out = encode_versioned_after(out, FRAME_VERSION, value);
     let len = (out.len() - 4) as u32;
     out[..4].copy_from_slice(&len.to_le_bytes());
     out

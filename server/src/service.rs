@@ -392,7 +392,9 @@ impl Service {
         if let Response::Error { code, message } = &response {
             tracing::warn!("{peer}: {code:?}: {message}");
         }
-        let _ = send.write_all(&response.encode()).await;
+        // Handed over whole: `write_all` would copy the answer into
+        // quinn's buffers once more.
+        let _ = send.write_chunk(response.encode().into()).await;
         let _ = send.finish();
         if close {
             // Bad input ends the connection, after the answer is delivered.
