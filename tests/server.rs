@@ -487,7 +487,12 @@ fn a_damaged_chunk_in_a_batch_names_its_file_and_the_rest_is_restored() {
     let client = server.client(&server.add_machine("laptop", false), tmp.path());
     let src = tmp.path().join("src");
     let mut files: Vec<(String, Vec<u8>)> = (0..40u64)
-        .map(|i| (format!("d{}/f{i:02}", i % 3), random_bytes(100 + i, 2000 + 500 * i as usize)))
+        .map(|i| {
+            (
+                format!("d{}/f{i:02}", i % 3),
+                random_bytes(100 + i, 2000 + 500 * i as usize),
+            )
+        })
         .collect();
     files.push(("victim.bin".into(), random_bytes(99, 24 << 10)));
     // The same contents twice: one chunk shared by two files.

@@ -678,11 +678,13 @@ impl Repository for RemoteRepository {
                 Response::Blobs { list } if !list.is_empty() && list.len() <= ask.len() => list,
                 other => return Err(unexpected(other)),
             };
-            out.extend(list.into_iter().zip(ask).map(|(got, &id)| match got {
-                // The network is not trusted, nor is the server's disk.
-                GotBlob::Blob(blob) => blob::decode_verified(&blob, id, kind)
-                    .map_err(|source| StoreError::Corrupt { id, source }),
-                GotBlob::Error { code, message } => Err(from_wire(code, message, Some(id))),
+            out.extend(list.into_iter().zip(ask).map(|(got, &id)| {
+                match got {
+                    // The network is not trusted, nor is the server's disk.
+                    GotBlob::Blob(blob) => blob::decode_verified(&blob, id, kind)
+                        .map_err(|source| StoreError::Corrupt { id, source }),
+                    GotBlob::Error { code, message } => Err(from_wire(code, message, Some(id))),
+                }
             }));
         }
         Ok(out)

@@ -447,10 +447,8 @@ impl Store {
         kind: BlobKind,
         budget: usize,
     ) -> Result<Vec<Result<Vec<u8>, StoreError>>, StoreError> {
-        let mut out: Vec<Option<Result<Vec<u8>, StoreError>>> = ids
-            .iter()
-            .map(|id| self.read_pending(id).map(Ok))
-            .collect();
+        let mut out: Vec<Option<Result<Vec<u8>, StoreError>>> =
+            ids.iter().map(|id| self.read_pending(id).map(Ok)).collect();
         let want: Vec<BlobId> = ids
             .iter()
             .zip(&out)
