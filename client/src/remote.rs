@@ -8,7 +8,9 @@
 //! BLAKE3 fingerprint: no CA, and nothing else is accepted.
 
 use crate::error::ClientError;
-use homesync_protocol::wire::{self, ErrorCode, GotBlob, PutItem, Request, Response};
+use homesync_protocol::wire::{
+    self, ErrorCode, GotBlobView, PutItem, Request, Response, ResponseView,
+};
 use homesync_protocol::{
     BlobId, BlobKind, Repository, Snapshot, SnapshotId, StoreConfig, StoreError, Transfer, blob,
 };
@@ -537,8 +539,32 @@ fn unexpected(r: Response) -> StoreError {
     ))
 }
 
+fn unexpected_view(v: ResponseView<'_>) -> StoreError {
+    match v {
+        ResponseView::Other(r) => unexpected(r),
+        v => refused(format!(
+            "unexpected answer from the server: {} blobs",
+            match v {
+                ResponseView::Blobs(l) => l.len(),
+                _ => 1,
+            }
+        )),
+    }
+}
+
+/// A response frame seen in place (see [`Response::view`]).
+fn view(frame: &[u8]) -> Result<ResponseView<'_>, StoreError> {
+    Response::view(frame).map_err(|e| refused(format!("malformed answer from the server: {e}")))
+}
+
 /// One request on its own stream.
 async fn call(conn: &quinn::Connection, req: &Request) -> Result<Response, StoreError> {
+    let bytes = call_frame(conn, req).await?;
+    Response::decode(&bytes).map_err(|e| refused(format!("malformed answer from the server: {e}")))
+}
+
+/// One request on its own stream; the answer's frame, undecoded.
+async fn call_frame(conn: &quinn::Connection, req: &Request) -> Result<Vec<u8>, StoreError> {
     let lost = |e: &dyn std::fmt::Display| refused(format!("connection to the server lost: {e}"));
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
     // Handed over whole (no copy into quinn's buffers).
@@ -556,7 +582,7 @@ async fn call(conn: &quinn::Connection, req: &Request) -> Result<Response, Store
     recv.read_exact(&mut bytes[4..])
         .await
         .map_err(|e| lost(&e))?;
-    Response::decode(&bytes).map_err(|e| refused(format!("malformed answer from the server: {e}")))
+    Ok(bytes)
 }
 
 impl Drop for RemoteRepository {
@@ -633,18 +659,20 @@ impl Repository for RemoteRepository {
         if sending {
             self.drain()?;
         }
-        match self.request(
-            &Request::Get {
-                id,
-                kind: kind as u8,
-            },
-            Some(id),
-        )? {
+        let req = Request::Get {
+            id,
+            kind: kind as u8,
+        };
+        let frame = self.runtime.block_on(call_frame(&self.conn, &req))?;
+        match view(&frame)? {
             // The server sends it as stored: this check is the one that
             // finds damage, on its disk or on the way.
-            Response::Blob { blob } => blob::decode_verified(&blob, id, kind)
+            ResponseView::Blob(blob) => blob::decode_verified(blob, id, kind)
                 .map_err(|source| StoreError::Corrupt { id, source }),
-            other => Err(unexpected(other)),
+            ResponseView::Other(Response::Error { code, message }) => {
+                Err(from_wire(code, message, Some(id)))
+            }
+            other => Err(unexpected_view(other)),
         }
     }
 
@@ -674,16 +702,20 @@ impl Repository for RemoteRepository {
                 ids: ask.to_vec(),
                 kind: kind as u8,
             };
-            let list = match self.request(&req, None)? {
-                Response::Blobs { list } if !list.is_empty() && list.len() <= ask.len() => list,
-                other => return Err(unexpected(other)),
+            let frame = self.runtime.block_on(call_frame(&self.conn, &req))?;
+            let list = match view(&frame)? {
+                ResponseView::Blobs(list) if !list.is_empty() && list.len() <= ask.len() => list,
+                ResponseView::Other(Response::Error { code, message }) => {
+                    return Err(from_wire(code, message, None));
+                }
+                other => return Err(unexpected_view(other)),
             };
             out.extend(list.into_iter().zip(ask).map(|(got, &id)| {
                 match got {
                     // The network is not trusted, nor is the server's disk.
-                    GotBlob::Blob(blob) => blob::decode_verified(&blob, id, kind)
+                    GotBlobView::Blob(blob) => blob::decode_verified(blob, id, kind)
                         .map_err(|source| StoreError::Corrupt { id, source }),
-                    GotBlob::Error { code, message } => Err(from_wire(code, message, Some(id))),
+                    GotBlobView::Error { code, message } => Err(from_wire(code, message, Some(id))),
                 }
             }));
         }
