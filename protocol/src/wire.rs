@@ -199,6 +199,34 @@ pub enum GotBlobView<'a> {
     Error { code: ErrorCode, message: String },
 }
 
+/// A `GetBatch` answer's entry borrowing its blob, for encoding one
+/// without first copying each blob into a [`GotBlob`]; encoded exactly as
+/// [`GotBlob`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum GotBlobRef<'a> {
+    Blob(#[serde(with = "serde_bytes")] &'a [u8]),
+    Error { code: ErrorCode, message: String },
+}
+
+/// `Response::Blobs` over borrowed entries (see [`encode_blobs`]).
+struct BlobsRef<'a>(&'a [GotBlobRef<'a>]);
+
+impl Serialize for BlobsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStructVariant;
+        let mut v = s.serialize_struct_variant("Response", BLOBS_VARIANT, "Blobs", 1)?;
+        v.serialize_field("list", self.0)?;
+        v.end()
+    }
+}
+
+/// The frame of `Response::Blobs` with these entries, the same bytes as
+/// `Response::Blobs { list }.encode()` but without copying each blob into
+/// a list of its own first (the server sends gigabytes this way).
+pub fn encode_blobs(list: &[GotBlobRef<'_>]) -> Vec<u8> {
+    frame(&BlobsRef(list))
+}
+
 /// A response frame as [`Response::view`] sees it: the blobs of `Blob` and
 /// `Blobs` are slices of the frame, any other answer is decoded as usual.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -555,6 +583,19 @@ mod tests {
         ];
         for r in responses {
             let frame = r.encode();
+            if let Response::Blobs { list } = &r {
+                let borrowed: Vec<GotBlobRef> = list
+                    .iter()
+                    .map(|g| match g {
+                        GotBlob::Blob(b) => GotBlobRef::Blob(b),
+                        GotBlob::Error { code, message } => GotBlobRef::Error {
+                            code: *code,
+                            message: message.clone(),
+                        },
+                    })
+                    .collect();
+                assert_eq!(encode_blobs(&borrowed), frame);
+            }
             assert_eq!(Response::decode(&frame).unwrap(), r);
             // The in-place view sees the same answer.
             let view = Response::view(&frame).unwrap();

@@ -8,7 +8,7 @@
 
 use crate::auth::{Auth, Principal, Role};
 use crate::store::Store;
-use homesync_protocol::wire::{self, ErrorCode, GotBlob, Request, Response, Session};
+use homesync_protocol::wire::{self, ErrorCode, GotBlobRef, Request, Response, Session};
 use homesync_protocol::{BlobKind, Repository, Snapshot, StoreError};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -350,15 +350,15 @@ impl Service {
         let peer = conn.remote_address();
         // The memory permit is held until the answer is sent: the request's
         // bytes live that long.
-        let (response, _memory) = match read_frame(&mut recv, &self.memory).await {
-            Err(FrameError::Bad(why)) => (Response::error(ErrorCode::BadRequest, why), None),
+        let (answer, _memory) = match read_frame(&mut recv, &self.memory).await {
+            Err(FrameError::Bad(why)) => (Response::error(ErrorCode::BadRequest, why).into(), None),
             Err(FrameError::Stream(e)) => {
                 tracing::debug!("{peer}: stream failed: {e}");
                 return;
             }
             Ok((bytes, permit)) => {
-                let response = match Request::decode(&bytes) {
-                    Err(e) => Response::error(ErrorCode::BadRequest, e.to_string()),
+                let answer = match Request::decode(&bytes) {
+                    Err(e) => Response::error(ErrorCode::BadRequest, e.to_string()).into(),
                     Ok(req) => {
                         // Work buffers beyond the frame itself come out of the
                         // same budget (a 4 KiB delta may build a whole tree).
@@ -374,27 +374,32 @@ impl Service {
                                 Err(_) => Response::error(
                                     ErrorCode::Internal,
                                     "server busy: send the blob whole",
-                                ),
+                                )
+                                .into(),
                             },
                         }
                     }
                 };
-                (response, Some(permit))
+                (answer, Some(permit))
             }
         };
         let close = matches!(
-            response,
-            Response::Error {
+            answer,
+            Answer::Response(Response::Error {
                 code: ErrorCode::BadRequest | ErrorCode::Unauthenticated | ErrorCode::Version,
                 ..
-            }
+            })
         );
-        if let Response::Error { code, message } = &response {
+        if let Answer::Response(Response::Error { code, message }) = &answer {
             tracing::warn!("{peer}: {code:?}: {message}");
         }
+        let frame = match answer {
+            Answer::Response(r) => r.encode(),
+            Answer::Frame(f) => f,
+        };
         // Handed over whole: `write_all` would copy the answer into
         // quinn's buffers once more.
-        let _ = send.write_chunk(response.encode().into()).await;
+        let _ = send.write_chunk(frame.into()).await;
         let _ = send.finish();
         if close {
             // Bad input ends the connection, after the answer is delivered.
@@ -409,11 +414,11 @@ impl Service {
         session: &tokio::sync::Mutex<Session<Authed>>,
         counters: &Arc<Counters>,
         req: Request,
-    ) -> Response {
+    ) -> Answer {
         counters.requests.fetch_add(1, Relaxed);
         let mut s = session.lock().await;
         let authed = match s.admit(&req) {
-            Err(r) => return r,
+            Err(r) => return r.into(),
             Ok(Some(a)) => {
                 drop(s);
                 a
@@ -473,7 +478,8 @@ impl Service {
                         tracing::warn!("{peer}: authentication failed: {e}");
                         Response::error(ErrorCode::Unauthenticated, "unknown or revoked credential")
                     }
-                };
+                }
+                .into();
             }
         };
         // Re-check the credential on every request so that revoking it
@@ -484,14 +490,44 @@ impl Service {
             if let Some(c) = &authed.credential
                 && svc.auth.authenticate(c).ok().as_ref() != Some(&authed.principal)
             {
-                return Response::error(ErrorCode::Unauthenticated, "credential revoked");
+                return Response::error(ErrorCode::Unauthenticated, "credential revoked").into();
             }
-            svc.serve(&authed.principal, req, &counters)
+            match req {
+                Request::GetBatch { ids, kind } => svc.get_batch(&authed.principal, &ids, kind),
+                req => svc.serve(&authed.principal, req, &counters).into(),
+            }
         })
         .await
         .unwrap_or_else(|e| {
-            Response::error(ErrorCode::Internal, format!("request task failed: {e}"))
+            Response::error(ErrorCode::Internal, format!("request task failed: {e}")).into()
         })
+    }
+
+    /// `GetBatch`: the blobs as stored (see `Store::read_blob`), encoded
+    /// straight from the buffers they were read into, without a copy of
+    /// each into a list of its own.
+    fn get_batch(&self, p: &Principal, ids: &[homesync_protocol::BlobId], kind: u8) -> Answer {
+        let Some(kind) = BlobKind::from_u8(kind) else {
+            return Response::error(ErrorCode::BadRequest, "unknown blob kind").into();
+        };
+        let list = match self.store.read_blobs(ids, kind, wire::GET_BATCH_BYTES) {
+            Ok(list) => list,
+            Err(e) => return Response::error(error_code(&e), e.to_string()).into(),
+        };
+        let list: Vec<GotBlobRef> = list
+            .iter()
+            .map(|r| match r {
+                Ok(blob) => GotBlobRef::Blob(blob),
+                Err(e) => {
+                    tracing::warn!("{}: GetBatch: {e}", p.machine);
+                    GotBlobRef::Error {
+                        code: error_code(e),
+                        message: e.to_string(),
+                    }
+                }
+            })
+            .collect();
+        Answer::Frame(wire::encode_blobs(&list))
     }
 
     /// Memory a request may need while served, beyond its frame: a delta's
@@ -629,27 +665,7 @@ impl Service {
                     .map(|blob| Response::Blob { blob }),
                 Err(r) => return r,
             },
-            Request::GetBatch { ids, kind } => match kind_of(kind) {
-                Ok(kind) => self
-                    .store
-                    .read_blobs(&ids, kind, wire::GET_BATCH_BYTES)
-                    .map(|list| Response::Blobs {
-                        list: list
-                            .into_iter()
-                            .map(|r| match r {
-                                Ok(blob) => GotBlob::Blob(blob),
-                                Err(e) => {
-                                    tracing::warn!("{}: GetBatch: {e}", p.machine);
-                                    GotBlob::Error {
-                                        code: error_code(&e),
-                                        message: e.to_string(),
-                                    }
-                                }
-                            })
-                            .collect(),
-                    }),
-                Err(r) => return r,
-            },
+            Request::GetBatch { .. } => unreachable!("answered by get_batch"),
             Request::Commit { snapshot } => {
                 let snap = match Snapshot::decode(&snapshot) {
                     Ok(s) => s,
@@ -688,6 +704,19 @@ impl Service {
             }
         };
         result.unwrap_or_else(|e| Response::error(error_code(&e), e.to_string()))
+    }
+}
+
+/// What a stream sends back: an answer to encode, or (`GetBatch`) a frame
+/// already encoded.
+enum Answer {
+    Response(Response),
+    Frame(Vec<u8>),
+}
+
+impl From<Response> for Answer {
+    fn from(r: Response) -> Answer {
+        Answer::Response(r)
     }
 }
 

@@ -446,9 +446,11 @@ impl Store {
         ids: &[BlobId],
         kind: BlobKind,
         budget: usize,
-    ) -> Result<Vec<Result<Vec<u8>, StoreError>>, StoreError> {
-        let mut out: Vec<Option<Result<Vec<u8>, StoreError>>> =
-            ids.iter().map(|id| self.read_pending(id).map(Ok)).collect();
+    ) -> Result<Vec<Result<Encoded, StoreError>>, StoreError> {
+        let mut out: Vec<Option<Result<Encoded, StoreError>>> = ids
+            .iter()
+            .map(|id| self.read_pending(id).map(|b| Ok(b.into())))
+            .collect();
         let want: Vec<BlobId> = ids
             .iter()
             .zip(&out)
@@ -503,9 +505,13 @@ impl Store {
                 .read_at(&first.pack, start, (stop - start) as usize)
             {
                 Ok(span) => {
+                    let span = Arc::new(span);
                     for (i, l) in run {
                         let at = (l.offset - start) as usize;
-                        out[*i] = Some(Ok(span[at..at + l.length as usize].to_vec()));
+                        out[*i] = Some(Ok(Encoded {
+                            buf: span.clone(),
+                            at: at..at + l.length as usize,
+                        }));
                     }
                 }
                 // A pack moved by garbage collection meanwhile, or damaged:
@@ -513,7 +519,7 @@ impl Store {
                 // the damage.
                 Err(_) => {
                     for (i, _) in run {
-                        out[*i] = Some(self.read_encoded(ids[*i]));
+                        out[*i] = Some(self.read_encoded(ids[*i]).map(Encoded::from));
                     }
                 }
             }
@@ -527,6 +533,30 @@ impl Store {
                 Ok(encoded)
             })
             .collect())
+    }
+}
+
+/// An encoded blob as read: a part of a buffer that may hold its
+/// neighbours too (one `pread` for several blobs of a pack), so that
+/// sending it needs no copy of its own.
+pub struct Encoded {
+    buf: Arc<Vec<u8>>,
+    at: std::ops::Range<usize>,
+}
+
+impl std::ops::Deref for Encoded {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.at.clone()]
+    }
+}
+
+impl From<Vec<u8>> for Encoded {
+    fn from(bytes: Vec<u8>) -> Encoded {
+        Encoded {
+            at: 0..bytes.len(),
+            buf: Arc::new(bytes),
+        }
     }
 }
 
