@@ -747,17 +747,33 @@ impl Restorer<'_> {
         };
         let run_small = |next: &AtomicUsize| {
             while let Some(group) = groups.get(next.fetch_add(1, Relaxed)) {
+                // By path, so that files of one directory follow each other
+                // and share one open of it.
+                let mut group = group.to_vec();
+                group.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
                 let ids: Vec<ChunkId> = group
                     .iter()
                     .filter_map(|it| it.node.chunks.first().copied())
                     .collect();
                 let mut data = self.fetch_many(&ids).into_iter();
-                for it in *group {
+                let mut dir: Option<(&[u8], OwnedFd)> = None;
+                for it in group {
                     let first = match it.node.chunks.is_empty() {
                         true => None,
                         false => data.next(),
                     };
-                    if let Err(e) = self.restore_file(&it.rel, &it.node, first) {
+                    let (parent, name) = split_parent(&it.rel);
+                    if dir.as_ref().is_none_or(|(p, _)| *p != parent) {
+                        dir = match self.open_dir(parent) {
+                            Ok(fd) => Some((parent, fd)),
+                            Err(e) => {
+                                self.fail(&it.rel, e);
+                                None
+                            }
+                        };
+                    }
+                    let Some((_, fd)) = &dir else { continue };
+                    if let Err(e) = self.restore_file_in(fd, name, &it.node, first) {
                         self.fail(&it.rel, e);
                     }
                 }
@@ -807,10 +823,20 @@ impl Restorer<'_> {
         first: Option<Result<Vec<u8>, Fail>>,
     ) -> Result<(), Fail> {
         let (parent, name) = split_parent(rel);
-        let dir = self.open_dir(parent)?;
+        self.restore_file_in(&self.open_dir(parent)?, name, node, first)
+    }
+
+    /// [`Restorer::restore_file`] with its directory already open.
+    fn restore_file_in(
+        &self,
+        dir: &OwnedFd,
+        name: &[u8],
+        node: &Node,
+        first: Option<Result<Vec<u8>, Fail>>,
+    ) -> Result<(), Fail> {
         let tmp = tmp_name();
         let fd = rustix::fs::openat(
-            &dir,
+            dir,
             tmp.as_str(),
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
@@ -822,7 +848,7 @@ impl Restorer<'_> {
         // failure reported on its own.
         let written = self.write_contents(&file, node, first).and_then(|n| {
             let meta = self.apply_meta_fd(&file, node);
-            rustix::fs::renameat(&dir, tmp.as_str(), &dir, os(name))?;
+            rustix::fs::renameat(dir, tmp.as_str(), dir, os(name))?;
             Ok((n, meta))
         });
         match written {
@@ -836,7 +862,7 @@ impl Restorer<'_> {
                 })
             }
             Err(e) => {
-                let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
+                let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
                 Err(e)
             }
         }
