@@ -54,6 +54,7 @@ pub struct RemoteRepository {
     inflight: Arc<InFlight>,
     /// Small chunks waiting to go as one `PutBatch`, and their bytes.
     batch: Mutex<(Vec<PutItem>, usize)>,
+    buffers: Buffers,
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     config: StoreConfig,
@@ -287,6 +288,7 @@ impl RemoteRepository {
             permits: Arc::new(tokio::sync::Semaphore::new(PIPELINE as usize)),
             inflight: Arc::default(),
             batch: Mutex::default(),
+            buffers: Buffers::default(),
             endpoint,
             conn,
             config: StoreConfig {
@@ -559,12 +561,17 @@ fn view(frame: &[u8]) -> Result<ResponseView<'_>, StoreError> {
 
 /// One request on its own stream.
 async fn call(conn: &quinn::Connection, req: &Request) -> Result<Response, StoreError> {
-    let bytes = call_frame(conn, req).await?;
+    let bytes = call_frame(conn, req, Vec::new()).await?;
     Response::decode(&bytes).map_err(|e| refused(format!("malformed answer from the server: {e}")))
 }
 
-/// One request on its own stream; the answer's frame, undecoded.
-async fn call_frame(conn: &quinn::Connection, req: &Request) -> Result<Vec<u8>, StoreError> {
+/// One request on its own stream; the answer's frame, undecoded, in `buf`
+/// (whatever it held is dropped; see [`Buffers`]).
+async fn call_frame(
+    conn: &quinn::Connection,
+    req: &Request,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
     let lost = |e: &dyn std::fmt::Display| refused(format!("connection to the server lost: {e}"));
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
     // Handed over whole (no copy into quinn's buffers).
@@ -572,17 +579,57 @@ async fn call_frame(conn: &quinn::Connection, req: &Request) -> Result<Vec<u8>, 
         .await
         .map_err(|e| lost(&e))?;
     send.finish().map_err(|e| lost(&e))?;
-    // One allocation at the announced size (checked against the limit).
+    // Room for the announced size (checked against the limit) at once;
+    // quinn's chunks are appended, so the buffer is never zeroed first.
     let mut header = [0u8; 4];
     recv.read_exact(&mut header).await.map_err(|e| lost(&e))?;
     let len = wire::frame_len(header)
         .map_err(|e| refused(format!("malformed answer from the server: {e}")))?;
-    let mut bytes = vec![0u8; 4 + len];
-    bytes[..4].copy_from_slice(&header);
-    recv.read_exact(&mut bytes[4..])
-        .await
-        .map_err(|e| lost(&e))?;
-    Ok(bytes)
+    buf.clear();
+    buf.reserve_exact(4 + len);
+    buf.extend_from_slice(&header);
+    while buf.len() < 4 + len {
+        match recv
+            .read_chunk(4 + len - buf.len(), true)
+            .await
+            .map_err(|e| lost(&e))?
+        {
+            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+            None => return Err(lost(&format!("answer truncated at {} bytes", buf.len()))),
+        }
+    }
+    Ok(buf)
+}
+
+/// Answer buffers kept for the next blob answers: a restore receives
+/// gigabytes in answers of up to a few MiB, and memory freed and taken
+/// again from the kernel for each (page faults, zeroing) cost the client
+/// several percent of its CPU.
+#[derive(Default)]
+struct Buffers(Mutex<Vec<Vec<u8>>>);
+
+/// Buffers kept, and the largest kept (a blob answer is at most
+/// [`wire::GET_BATCH_BYTES`] plus one chunk).
+const KEPT_BUFFERS: usize = 8;
+const KEPT_BUFFER_MAX: usize = 2 * wire::GET_BATCH_BYTES;
+
+impl Buffers {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        if buf.capacity() <= KEPT_BUFFER_MAX {
+            let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() < KEPT_BUFFERS {
+                kept.push(buf);
+            }
+        }
+    }
 }
 
 impl Drop for RemoteRepository {
@@ -663,8 +710,10 @@ impl Repository for RemoteRepository {
             id,
             kind: kind as u8,
         };
-        let frame = self.runtime.block_on(call_frame(&self.conn, &req))?;
-        match view(&frame)? {
+        let frame = self
+            .runtime
+            .block_on(call_frame(&self.conn, &req, self.buffers.take()))?;
+        let got = match view(&frame)? {
             // The server sends it as stored: this check is the one that
             // finds damage, on its disk or on the way.
             ResponseView::Blob(blob) => blob::decode_verified(blob, id, kind)
@@ -673,7 +722,9 @@ impl Repository for RemoteRepository {
                 Err(from_wire(code, message, Some(id)))
             }
             other => Err(unexpected_view(other)),
-        }
+        };
+        self.buffers.give(frame);
+        got
     }
 
     /// One `GetBatch` stream for many blobs (a stream, a server task and a
@@ -702,7 +753,9 @@ impl Repository for RemoteRepository {
                 ids: ask.to_vec(),
                 kind: kind as u8,
             };
-            let frame = self.runtime.block_on(call_frame(&self.conn, &req))?;
+            let frame = self
+                .runtime
+                .block_on(call_frame(&self.conn, &req, self.buffers.take()))?;
             let list = match view(&frame)? {
                 ResponseView::Blobs(list) if !list.is_empty() && list.len() <= ask.len() => list,
                 ResponseView::Other(Response::Error { code, message }) => {
@@ -718,6 +771,7 @@ impl Repository for RemoteRepository {
                     GotBlobView::Error { code, message } => Err(from_wire(code, message, Some(id))),
                 }
             }));
+            self.buffers.give(frame);
         }
         Ok(out)
     }
