@@ -256,10 +256,10 @@ const GROUP_FILES: usize = 64;
 /// lookup on the server).
 const GROUP_BYTES: u64 = 2 << 20;
 /// Files of several chunks, each fetching up to [`FETCH_WINDOW`] chunks at
-/// once. Together at most 8 + 16 requests, within the 32 the server allows
-/// on one connection. Memory: at most 8 groups (each up to 2 MiB plus a
-/// file of up to 4 MiB) and 4 x 4 chunks of at most 4 MiB, plus the
-/// shared chunks ([`SHARED_BUDGET`]).
+/// once (one `get_blobs` call). Together at most 8 + 4 requests, within
+/// the 32 the server allows on one connection. Memory: at most 8 groups
+/// (each up to 2 MiB plus a file of up to 4 MiB) and 4 x 4 chunks of at
+/// most 4 MiB, plus the shared chunks ([`SHARED_BUDGET`]).
 const LARGE_WORKERS: usize = 4;
 const FETCH_WINDOW: usize = 4;
 /// Tasks fetching trees at once while planning...
@@ -622,24 +622,17 @@ impl Restorer<'_> {
     ) -> Result<u64, Fail> {
         let mut written = 0u64;
         if node.is_dense() {
-            // A few chunks of a large file are fetched at once (a round
-            // trip each from a server), then written in order. Chunks are
+            // A few chunks of a large file are fetched at once (one
+            // `get_blobs` call: one round trip and one stream, and the
+            // server reads a file's neighbouring chunks with one `pread`),
+            // then written in order. Chunks are
             // at least 256 KiB (but a file's last), so each is written as
             // it is: a buffer would only copy them.
             let mut w = file;
             for window in node.chunks.chunks(FETCH_WINDOW) {
                 let fetched: Vec<Result<Vec<u8>, Fail>> = match window {
                     [c] => vec![first.take().unwrap_or_else(|| self.fetch(*c))],
-                    [c, more @ ..] => std::thread::scope(|s| {
-                        let more: Vec<_> = more
-                            .iter()
-                            .map(|&c| s.spawn(move || self.fetch(c)))
-                            .collect();
-                        std::iter::once(self.fetch(*c))
-                            .chain(more.into_iter().map(|h| h.join().expect("chunk fetch")))
-                            .collect()
-                    }),
-                    [] => vec![],
+                    more => self.fetch_many(more),
                 };
                 for data in fetched {
                     let data = data?;

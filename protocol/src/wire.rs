@@ -227,6 +227,25 @@ pub fn encode_blobs(list: &[GotBlobRef<'_>]) -> Vec<u8> {
     frame(&BlobsRef(list))
 }
 
+/// `Response::Blob` over a borrowed blob (see [`encode_blob`]).
+struct BlobRef<'a>(&'a [u8]);
+
+impl Serialize for BlobRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStructVariant;
+        let mut v = s.serialize_struct_variant("Response", BLOB_VARIANT, "Blob", 1)?;
+        v.serialize_field("blob", serde_bytes::Bytes::new(self.0))?;
+        v.end()
+    }
+}
+
+/// The frame of `Response::Blob` with this blob: the same bytes as
+/// `Response::Blob { blob }.encode()`, without copying the blob into a
+/// `Vec` of its own first.
+pub fn encode_blob(blob: &[u8]) -> Vec<u8> {
+    frame(&BlobRef(blob))
+}
+
 /// A response frame as [`Response::view`] sees it: the blobs of `Blob` and
 /// `Blobs` are slices of the frame, any other answer is decoded as usual.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -583,6 +602,9 @@ mod tests {
         ];
         for r in responses {
             let frame = r.encode();
+            if let Response::Blob { blob } = &r {
+                assert_eq!(encode_blob(blob), frame);
+            }
             if let Response::Blobs { list } = &r {
                 let borrowed: Vec<GotBlobRef> = list
                     .iter()

@@ -494,6 +494,7 @@ impl Service {
             }
             match req {
                 Request::GetBatch { ids, kind } => svc.get_batch(&authed.principal, &ids, kind),
+                Request::Get { id, kind } => svc.get(id, kind),
                 req => svc.serve(&authed.principal, req, &counters).into(),
             }
         })
@@ -501,6 +502,18 @@ impl Service {
         .unwrap_or_else(|e| {
             Response::error(ErrorCode::Internal, format!("request task failed: {e}")).into()
         })
+    }
+
+    /// `Get`: the blob as stored, not verified (the client verifies every
+    /// blob, see `Store::read_blob`), encoded without a copy of its own.
+    fn get(&self, id: homesync_protocol::BlobId, kind: u8) -> Answer {
+        let Some(kind) = BlobKind::from_u8(kind) else {
+            return Response::error(ErrorCode::BadRequest, "unknown blob kind").into();
+        };
+        match self.store.read_blob(id, kind) {
+            Ok(blob) => Answer::Frame(wire::encode_blob(&blob)),
+            Err(e) => Response::error(error_code(&e), e.to_string()).into(),
+        }
     }
 
     /// `GetBatch`: the blobs as stored (see `Store::read_blob`), encoded
@@ -656,15 +669,7 @@ impl Service {
                     Response::Forgotten
                 })
             }
-            // Sent as stored, unverified: the client verifies every blob
-            // (see `Store::read_blob`).
-            Request::Get { id, kind } => match kind_of(kind) {
-                Ok(kind) => self
-                    .store
-                    .read_blob(id, kind)
-                    .map(|blob| Response::Blob { blob }),
-                Err(r) => return r,
-            },
+            Request::Get { .. } => unreachable!("answered by get"),
             Request::GetBatch { .. } => unreachable!("answered by get_batch"),
             Request::Commit { snapshot } => {
                 let snap = match Snapshot::decode(&snapshot) {
