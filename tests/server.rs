@@ -518,12 +518,7 @@ fn a_damaged_chunk_in_a_batch_names_its_file_and_the_rest_is_restored() {
     std::fs::write(&pack, &data).unwrap();
 
     let target = tmp.path().join("restored");
-    let run = client.run(&[
-        &os("restore"),
-        &os("latest"),
-        &os("--target"),
-        target.as_os_str(),
-    ]);
+    let run = client.try_restore_latest(&target);
     assert_eq!(run.code, 5, "damage found: exit 5\n{}", run.describe());
     let named = run.error_paths();
     assert!(
