@@ -544,3 +544,67 @@ fn a_damaged_chunk_in_a_batch_names_its_file_and_the_rest_is_restored() {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
+
+/// A client of protocol 2 (before `GetBatch`) is still served: its session
+/// speaks 2, `GetBatch` is refused in it, and the library, speaking 2,
+/// fetches a batch with one `Get` per blob (as against an older server).
+#[test]
+fn a_protocol_2_client_is_served_without_get_batch() {
+    use homesync_client::remote::{RemoteOptions, RemoteRepository};
+    use homesync_protocol::wire::{self, ErrorCode, Request, Response};
+    use homesync_protocol::{BlobEncoder, BlobId, BlobKind, ChunkId, Repository, StoreError};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let cred = server.add_machine("laptop", false);
+    let new = server.remote(&cred).unwrap();
+    assert_eq!(new.version(), wire::PROTOCOL_VERSION);
+    let old = RemoteRepository::connect_speaking(
+        &RemoteOptions {
+            server: server.addr.clone(),
+            fingerprint: server.fingerprint.clone(),
+            credential: cred.clone(),
+        },
+        wire::MIN_PROTOCOL_VERSION,
+    )
+    .unwrap();
+    assert_eq!(old.version(), wire::MIN_PROTOCOL_VERSION);
+
+    let mut enc = BlobEncoder::new(3);
+    let blobs: Vec<(BlobId, Vec<u8>)> = (0..5u64)
+        .map(|i| {
+            let data = random_bytes(8000 + i, 1000 * (i as usize + 1));
+            (ChunkId::of(&data).into(), data)
+        })
+        .collect();
+    for (id, data) in &blobs {
+        new.put_blob(*id, BlobKind::Chunk, &enc.encode(BlobKind::Chunk, data))
+            .unwrap();
+    }
+    // Chunk uploads are pipelined: closing waits for their answers.
+    drop(new);
+    let absent: BlobId = ChunkId::of(b"never stored").into();
+    let mut ids: Vec<BlobId> = blobs.iter().map(|(id, _)| *id).collect();
+    ids.push(absent);
+    let got = old.get_blobs(&ids, BlobKind::Chunk).unwrap();
+    for ((_, data), got) in blobs.iter().zip(&got) {
+        assert_eq!(got.as_ref().unwrap(), data);
+    }
+    assert!(matches!(got.last(), Some(Err(StoreError::Missing(m))) if *m == absent));
+
+    // `GetBatch` is not part of protocol 2.
+    let req = Request::GetBatch {
+        ids: ids.clone(),
+        kind: BlobKind::Chunk as u8,
+    };
+    let answer = Response::decode(&old.send_raw(&req.encode()).unwrap()).unwrap();
+    assert!(
+        matches!(
+            answer,
+            Response::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+}

@@ -168,6 +168,16 @@ fn parse_fingerprint(hex: &str) -> Result<[u8; 32], ClientError> {
 impl RemoteRepository {
     /// Connects, pins the certificate, and opens the session with `Hello`.
     pub fn connect(opts: &RemoteOptions) -> Result<RemoteRepository, ClientError> {
+        Self::connect_speaking(opts, wire::PROTOCOL_VERSION)
+    }
+
+    /// [`RemoteRepository::connect`] offering protocol `version` at most:
+    /// what a client of an older release does (for tests of how a server
+    /// serves one).
+    pub fn connect_speaking(
+        opts: &RemoteOptions,
+        version: u32,
+    ) -> Result<RemoteRepository, ClientError> {
         let fingerprint = parse_fingerprint(&opts.fingerprint)?;
         let addr: SocketAddr = opts
             .server
@@ -237,7 +247,7 @@ impl RemoteRepository {
         endpoint.set_default_client_config(config);
         // A server of an older protocol refuses ours with `Version` and
         // closes the connection: connect again speaking its version.
-        let mut version = wire::PROTOCOL_VERSION;
+        let mut version = version;
         let (conn, reply) = loop {
             let conn = runtime
                 .block_on(async {
@@ -309,6 +319,11 @@ impl RemoteRepository {
     /// The machine the credential belongs to (snapshots are recorded under it).
     pub fn machine(&self) -> &str {
         &self.machine
+    }
+
+    /// The protocol version of the session (see [`wire::PROTOCOL_VERSION`]).
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// "machine", "admin" or "restore".
@@ -509,6 +524,60 @@ impl RemoteRepository {
             drop(permit);
         });
         Ok(())
+    }
+
+    /// `get_blobs` from a server without `GetBatch` (protocol 2): one `Get`
+    /// per blob, all on their way at once, as many streams as the server
+    /// allows (a worker asking for a group of 64 small files must not wait
+    /// for 64 round trips one after another).
+    #[allow(clippy::type_complexity)]
+    fn get_each(
+        &self,
+        ids: &[BlobId],
+        kind: BlobKind,
+    ) -> Result<Vec<Result<Vec<u8>, StoreError>>, StoreError> {
+        let sending = {
+            let inflight = self.inflight.ids.lock().unwrap_or_else(|e| e.into_inner());
+            ids.iter().any(|id| inflight.contains(id))
+        };
+        if sending {
+            self.drain()?;
+        }
+        let answers = self.runtime.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, &id) in ids.iter().enumerate() {
+                let conn = self.conn.clone();
+                set.spawn(async move {
+                    let req = Request::Get {
+                        id,
+                        kind: kind as u8,
+                    };
+                    (i, call_frame(&conn, &req, Vec::new()).await)
+                });
+            }
+            let mut answers: Vec<Option<Result<Vec<u8>, StoreError>>> =
+                ids.iter().map(|_| None).collect();
+            while let Some(done) = set.join_next().await {
+                let (i, frame) = done.map_err(|e| refused(format!("request task failed: {e}")))?;
+                answers[i] = Some(frame);
+            }
+            Ok::<_, StoreError>(answers)
+        })?;
+        answers
+            .into_iter()
+            .zip(ids)
+            .map(|(frame, &id)| {
+                let frame = frame.expect("every request is answered")?;
+                Ok(match view(&frame)? {
+                    ResponseView::Blob(blob) => blob::decode_verified(blob, id, kind)
+                        .map_err(|source| StoreError::Corrupt { id, source }),
+                    ResponseView::Other(Response::Error { code, message }) => {
+                        Err(from_wire(code, message, Some(id)))
+                    }
+                    other => Err(unexpected_view(other)),
+                })
+            })
+            .collect()
     }
 
     fn request(&self, req: &Request, id: Option<BlobId>) -> Result<Response, StoreError> {
@@ -736,7 +805,7 @@ impl Repository for RemoteRepository {
         kind: BlobKind,
     ) -> Result<Vec<Result<Vec<u8>, StoreError>>, StoreError> {
         if self.version < wire::GET_BATCH_VERSION {
-            return Ok(ids.iter().map(|&id| self.get_blob(id, kind)).collect());
+            return self.get_each(ids, kind);
         }
         let sending = {
             let inflight = self.inflight.ids.lock().unwrap_or_else(|e| e.into_inner());
