@@ -426,3 +426,185 @@ fn sigterm_stops_the_server_cleanly_and_the_store_stays_whole() {
         .expect_ok();
     assert_same_listing("after SIGTERM", &mtree(&src), &mtree(&target));
 }
+
+/// `get_blobs` over QUIC (`GetBatch`): blobs come in order, a missing one
+/// is an error in its place and the rest still come, and a batch larger
+/// than one answer carries is asked for again until every blob is there.
+#[test]
+fn a_batch_of_blobs_comes_in_order_with_a_missing_one_reported_in_place() {
+    use homesync_protocol::{BlobEncoder, BlobId, BlobKind, ChunkId, Repository, StoreError};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let remote = server.remote(&server.add_machine("laptop", false)).unwrap();
+    let mut enc = BlobEncoder::new(3);
+    // Small ones, and three of 2 MiB (random, stored raw): together over
+    // the 4 MiB an answer carries.
+    let sizes = [3000, 2 << 20, 10, 2 << 20, 70_000, 2 << 20, 1];
+    let blobs: Vec<(BlobId, Vec<u8>)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let data = random_bytes(7000 + i as u64, len);
+            (ChunkId::of(&data).into(), data)
+        })
+        .collect();
+    for (id, data) in &blobs {
+        remote
+            .put_blob(*id, BlobKind::Chunk, &enc.encode(BlobKind::Chunk, data))
+            .unwrap();
+    }
+    let absent: BlobId = ChunkId::of(b"never stored").into();
+    let mut ids: Vec<BlobId> = blobs.iter().map(|(id, _)| *id).collect();
+    ids.insert(3, absent);
+    let got = remote.get_blobs(&ids, BlobKind::Chunk).unwrap();
+    assert_eq!(got.len(), ids.len());
+    let mut want = blobs.iter().map(|(_, d)| d);
+    for (i, (id, got)) in ids.iter().zip(&got).enumerate() {
+        if *id == absent {
+            assert!(
+                matches!(got, Err(StoreError::Missing(m)) if *m == absent),
+                "blob {i}: {got:?}"
+            );
+        } else {
+            assert_eq!(got.as_ref().unwrap(), want.next().unwrap(), "blob {i}");
+        }
+    }
+    // A later single `Get` on the same connection still works.
+    assert_eq!(
+        remote.get_blob(blobs[0].0, BlobKind::Chunk).unwrap(),
+        blobs[0].1
+    );
+}
+
+/// Damage in the server's store, restored over QUIC where small files'
+/// chunks come in batches: the damaged file is named, the restore exits 5,
+/// every other file (in the same batch, and a file of several chunks)
+/// arrives intact, and no damaged bytes are left under the file's name.
+#[test]
+fn a_damaged_chunk_in_a_batch_names_its_file_and_the_rest_is_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let client = server.client(&server.add_machine("laptop", false), tmp.path());
+    let src = tmp.path().join("src");
+    let mut files: Vec<(String, Vec<u8>)> = (0..40u64)
+        .map(|i| {
+            (
+                format!("d{}/f{i:02}", i % 3),
+                random_bytes(100 + i, 2000 + 500 * i as usize),
+            )
+        })
+        .collect();
+    files.push(("victim.bin".into(), random_bytes(99, 24 << 10)));
+    // The same contents twice: one chunk shared by two files.
+    files.push(("copy1".into(), random_bytes(98, 5000)));
+    files.push(("copy2".into(), random_bytes(98, 5000)));
+    files.push(("large.bin".into(), random_bytes(97, 5 << 20)));
+    for (name, data) in &files {
+        write_file(&src.join(name), data);
+    }
+    client.backup(&src);
+
+    let victim = &files.iter().find(|(n, _)| n == "victim.bin").unwrap().1;
+    let needle = &victim[1000..1064];
+    let packs = files_under(&server.store.repo.join("packs"));
+    let (pack, pos) = packs
+        .iter()
+        .find_map(|p| find_bytes(&std::fs::read(p).unwrap(), needle).map(|at| (p.clone(), at)))
+        .expect("the victim's bytes, stored raw, in a pack");
+    let mut data = std::fs::read(&pack).unwrap();
+    for b in &mut data[pos..pos + 16] {
+        *b ^= 0xA5;
+    }
+    std::fs::write(&pack, &data).unwrap();
+
+    let target = tmp.path().join("restored");
+    let run = client.try_restore_latest(&target);
+    assert_eq!(run.code, 5, "damage found: exit 5\n{}", run.describe());
+    let named = run.error_paths();
+    assert!(
+        named.len() == 1 && named[0].ends_with("victim.bin"),
+        "only victim.bin is named: {named:?}\n{}",
+        run.describe()
+    );
+    for (name, data) in &files {
+        if name == "victim.bin" {
+            continue;
+        }
+        let got = std::fs::read(target.join(name))
+            .unwrap_or_else(|e| panic!("{name} was not restored: {e}\n{}", run.describe()));
+        assert!(got == *data, "{name} was not restored byte-identical");
+    }
+    assert!(
+        !target.join("victim.bin").exists(),
+        "victim.bin was left with damaged contents"
+    );
+    let leftovers: Vec<_> = files_under(&target)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".homesync-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+/// A client of protocol 2 (before `GetBatch`) is still served: its session
+/// speaks 2, `GetBatch` is refused in it, and the library, speaking 2,
+/// fetches a batch with one `Get` per blob (as against an older server).
+#[test]
+fn a_protocol_2_client_is_served_without_get_batch() {
+    use homesync_client::remote::{RemoteOptions, RemoteRepository};
+    use homesync_protocol::wire::{self, ErrorCode, Request, Response};
+    use homesync_protocol::{BlobEncoder, BlobId, BlobKind, ChunkId, Repository, StoreError};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let cred = server.add_machine("laptop", false);
+    let new = server.remote(&cred).unwrap();
+    assert_eq!(new.version(), wire::PROTOCOL_VERSION);
+    let old = RemoteRepository::connect_speaking(
+        &RemoteOptions {
+            server: server.addr.clone(),
+            fingerprint: server.fingerprint.clone(),
+            credential: cred.clone(),
+        },
+        wire::MIN_PROTOCOL_VERSION,
+    )
+    .unwrap();
+    assert_eq!(old.version(), wire::MIN_PROTOCOL_VERSION);
+
+    let mut enc = BlobEncoder::new(3);
+    let blobs: Vec<(BlobId, Vec<u8>)> = (0..5u64)
+        .map(|i| {
+            let data = random_bytes(8000 + i, 1000 * (i as usize + 1));
+            (ChunkId::of(&data).into(), data)
+        })
+        .collect();
+    for (id, data) in &blobs {
+        new.put_blob(*id, BlobKind::Chunk, &enc.encode(BlobKind::Chunk, data))
+            .unwrap();
+    }
+    // Chunk uploads are pipelined: closing waits for their answers.
+    drop(new);
+    let absent: BlobId = ChunkId::of(b"never stored").into();
+    let mut ids: Vec<BlobId> = blobs.iter().map(|(id, _)| *id).collect();
+    ids.push(absent);
+    let got = old.get_blobs(&ids, BlobKind::Chunk).unwrap();
+    for ((_, data), got) in blobs.iter().zip(&got) {
+        assert_eq!(got.as_ref().unwrap(), data);
+    }
+    assert!(matches!(got.last(), Some(Err(StoreError::Missing(m))) if *m == absent));
+
+    // `GetBatch` is not part of protocol 2.
+    let req = Request::GetBatch {
+        ids: ids.clone(),
+        kind: BlobKind::Chunk as u8,
+    };
+    let answer = Response::decode(&old.send_raw(&req.encode()).unwrap()).unwrap();
+    assert!(
+        matches!(
+            answer,
+            Response::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+}

@@ -3,7 +3,7 @@
 
 use crate::error::ClientError;
 use homesync_protocol::{
-    BlobKind, Node, NodeKind, Repository, Snapshot, SnapshotId, StoreError, Tree, TreeId,
+    BlobId, BlobKind, Node, NodeKind, Repository, Snapshot, SnapshotId, StoreError, Tree, TreeId,
 };
 
 /// Finds the snapshot named by `spec`: `latest`, a full id, or a unique
@@ -45,11 +45,30 @@ pub fn resolve_in(
 
 /// Loads and validates a tree.
 pub fn load_tree(repo: &dyn Repository, id: TreeId) -> Result<Tree, StoreError> {
-    let bytes = repo.get_blob(id.into(), BlobKind::Tree)?;
-    Tree::decode(&bytes).map_err(|e| StoreError::CorruptDetail {
+    decode_tree(id, &repo.get_blob(id.into(), BlobKind::Tree)?)
+}
+
+fn decode_tree(id: TreeId, bytes: &[u8]) -> Result<Tree, StoreError> {
+    Tree::decode(bytes).map_err(|e| StoreError::CorruptDetail {
         id: id.into(),
         detail: format!("tree does not decode: {e}"),
     })
+}
+
+/// Several trees with one [`Repository::get_blobs`] call (one round trip
+/// to a server), each loaded as [`load_tree`] would, in order.
+#[allow(clippy::type_complexity)]
+pub fn load_trees(
+    repo: &dyn Repository,
+    ids: &[TreeId],
+) -> Result<Vec<Result<Tree, StoreError>>, StoreError> {
+    let blobs: Vec<BlobId> = ids.iter().map(|&id| id.into()).collect();
+    Ok(repo
+        .get_blobs(&blobs, BlobKind::Tree)?
+        .into_iter()
+        .zip(ids)
+        .map(|(bytes, &id)| decode_tree(id, &bytes?))
+        .collect())
 }
 
 /// Splits `a/b/c` into components, refusing anything but plain names.

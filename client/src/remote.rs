@@ -8,7 +8,9 @@
 //! BLAKE3 fingerprint: no CA, and nothing else is accepted.
 
 use crate::error::ClientError;
-use homesync_protocol::wire::{self, ErrorCode, PutItem, Request, Response};
+use homesync_protocol::wire::{
+    self, ErrorCode, GotBlobView, PutItem, Request, Response, ResponseView,
+};
 use homesync_protocol::{
     BlobId, BlobKind, Repository, Snapshot, SnapshotId, StoreConfig, StoreError, Transfer, blob,
 };
@@ -52,11 +54,15 @@ pub struct RemoteRepository {
     inflight: Arc<InFlight>,
     /// Small chunks waiting to go as one `PutBatch`, and their bytes.
     batch: Mutex<(Vec<PutItem>, usize)>,
+    buffers: Buffers,
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     config: StoreConfig,
     machine: String,
     role: String,
+    /// The protocol version of the session: the server's answer to ours,
+    /// lower with an older server (then blobs are fetched one by one).
+    version: u32,
     /// Payload bytes handed to the connection (see [`Transfer`]).
     blob_bytes: AtomicU64,
     delta_bytes: AtomicU64,
@@ -162,6 +168,16 @@ fn parse_fingerprint(hex: &str) -> Result<[u8; 32], ClientError> {
 impl RemoteRepository {
     /// Connects, pins the certificate, and opens the session with `Hello`.
     pub fn connect(opts: &RemoteOptions) -> Result<RemoteRepository, ClientError> {
+        Self::connect_speaking(opts, wire::PROTOCOL_VERSION)
+    }
+
+    /// [`RemoteRepository::connect`] offering protocol `version` at most:
+    /// what a client of an older release does (for tests of how a server
+    /// serves one).
+    pub fn connect_speaking(
+        opts: &RemoteOptions,
+        version: u32,
+    ) -> Result<RemoteRepository, ClientError> {
         let fingerprint = parse_fingerprint(&opts.fingerprint)?;
         let addr: SocketAddr = opts
             .server
@@ -229,26 +245,41 @@ impl RemoteRepository {
                 source,
             })?;
         endpoint.set_default_client_config(config);
-        let conn = runtime
-            .block_on(async {
-                let connecting = endpoint
-                    .connect(addr, "homesync")
-                    .map_err(|e| e.to_string())?;
-                connecting.await.map_err(|e| e.to_string())
-            })
-            .map_err(|e| refused(format!("connecting to {addr}: {e}")))?;
-        let hello = Request::Hello {
-            version: wire::PROTOCOL_VERSION,
-            credential: opts.credential.clone(),
+        // A server of an older protocol refuses ours with `Version` and
+        // closes the connection: connect again speaking its version.
+        let mut version = version;
+        let (conn, reply) = loop {
+            let conn = runtime
+                .block_on(async {
+                    let connecting = endpoint
+                        .connect(addr, "homesync")
+                        .map_err(|e| e.to_string())?;
+                    connecting.await.map_err(|e| e.to_string())
+                })
+                .map_err(|e| refused(format!("connecting to {addr}: {e}")))?;
+            let hello = Request::Hello {
+                version,
+                credential: opts.credential.clone(),
+            };
+            match runtime.block_on(call(&conn, &hello))? {
+                Response::Error {
+                    code: ErrorCode::Version,
+                    message,
+                } if version > wire::MIN_PROTOCOL_VERSION => {
+                    tracing::debug!("{addr}: {message}; speaking protocol {}", version - 1);
+                    conn.close(0u32.into(), b"another version");
+                    version -= 1;
+                }
+                reply => break (conn, reply),
+            }
         };
-        let reply = runtime.block_on(call(&conn, &hello))?;
         let Response::Welcome {
+            version: agreed,
             store_id,
             chunker,
             zstd_level,
             machine,
             role,
-            ..
         } = reply
         else {
             return Err(match reply {
@@ -256,6 +287,8 @@ impl RemoteRepository {
                 other => refused(format!("unexpected answer to Hello: {other:?}")).into(),
             });
         };
+        // A server of version 2 answers with its own version, which was ours.
+        let version = agreed.min(version);
         chunker
             .validate()
             .map_err(|e| refused(format!("server's chunker: {e}")))?;
@@ -265,6 +298,7 @@ impl RemoteRepository {
             permits: Arc::new(tokio::sync::Semaphore::new(PIPELINE as usize)),
             inflight: Arc::default(),
             batch: Mutex::default(),
+            buffers: Buffers::default(),
             endpoint,
             conn,
             config: StoreConfig {
@@ -274,6 +308,7 @@ impl RemoteRepository {
             },
             machine,
             role,
+            version,
             blob_bytes: AtomicU64::new(0),
             delta_bytes: AtomicU64::new(0),
             deltas: AtomicU64::new(0),
@@ -284,6 +319,11 @@ impl RemoteRepository {
     /// The machine the credential belongs to (snapshots are recorded under it).
     pub fn machine(&self) -> &str {
         &self.machine
+    }
+
+    /// The protocol version of the session (see [`wire::PROTOCOL_VERSION`]).
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// "machine", "admin" or "restore".
@@ -486,6 +526,60 @@ impl RemoteRepository {
         Ok(())
     }
 
+    /// `get_blobs` from a server without `GetBatch` (protocol 2): one `Get`
+    /// per blob, all on their way at once, as many streams as the server
+    /// allows (a worker asking for a group of 64 small files must not wait
+    /// for 64 round trips one after another).
+    #[allow(clippy::type_complexity)]
+    fn get_each(
+        &self,
+        ids: &[BlobId],
+        kind: BlobKind,
+    ) -> Result<Vec<Result<Vec<u8>, StoreError>>, StoreError> {
+        let sending = {
+            let inflight = self.inflight.ids.lock().unwrap_or_else(|e| e.into_inner());
+            ids.iter().any(|id| inflight.contains(id))
+        };
+        if sending {
+            self.drain()?;
+        }
+        let answers = self.runtime.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, &id) in ids.iter().enumerate() {
+                let conn = self.conn.clone();
+                set.spawn(async move {
+                    let req = Request::Get {
+                        id,
+                        kind: kind as u8,
+                    };
+                    (i, call_frame(&conn, &req, Vec::new()).await)
+                });
+            }
+            let mut answers: Vec<Option<Result<Vec<u8>, StoreError>>> =
+                ids.iter().map(|_| None).collect();
+            while let Some(done) = set.join_next().await {
+                let (i, frame) = done.map_err(|e| refused(format!("request task failed: {e}")))?;
+                answers[i] = Some(frame);
+            }
+            Ok::<_, StoreError>(answers)
+        })?;
+        answers
+            .into_iter()
+            .zip(ids)
+            .map(|(frame, &id)| {
+                let frame = frame.expect("every request is answered")?;
+                Ok(match view(&frame)? {
+                    ResponseView::Blob(blob) => blob::decode_verified(blob, id, kind)
+                        .map_err(|source| StoreError::Corrupt { id, source }),
+                    ResponseView::Other(Response::Error { code, message }) => {
+                        Err(from_wire(code, message, Some(id)))
+                    }
+                    other => Err(unexpected_view(other)),
+                })
+            })
+            .collect()
+    }
+
     fn request(&self, req: &Request, id: Option<BlobId>) -> Result<Response, StoreError> {
         match self.runtime.block_on(call(&self.conn, req))? {
             Response::Error { code, message } => Err(from_wire(code, message, id)),
@@ -516,23 +610,95 @@ fn unexpected(r: Response) -> StoreError {
     ))
 }
 
+fn unexpected_view(v: ResponseView<'_>) -> StoreError {
+    match v {
+        ResponseView::Other(r) => unexpected(r),
+        v => refused(format!(
+            "unexpected answer from the server: {} blobs",
+            match v {
+                ResponseView::Blobs(l) => l.len(),
+                _ => 1,
+            }
+        )),
+    }
+}
+
+/// A response frame seen in place (see [`Response::view`]).
+fn view(frame: &[u8]) -> Result<ResponseView<'_>, StoreError> {
+    Response::view(frame).map_err(|e| refused(format!("malformed answer from the server: {e}")))
+}
+
 /// One request on its own stream.
 async fn call(conn: &quinn::Connection, req: &Request) -> Result<Response, StoreError> {
+    let bytes = call_frame(conn, req, Vec::new()).await?;
+    Response::decode(&bytes).map_err(|e| refused(format!("malformed answer from the server: {e}")))
+}
+
+/// One request on its own stream; the answer's frame, undecoded, in `buf`
+/// (whatever it held is dropped; see [`Buffers`]).
+async fn call_frame(
+    conn: &quinn::Connection,
+    req: &Request,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
     let lost = |e: &dyn std::fmt::Display| refused(format!("connection to the server lost: {e}"));
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
-    send.write_all(&req.encode()).await.map_err(|e| lost(&e))?;
+    // Handed over whole (no copy into quinn's buffers).
+    send.write_chunk(req.encode().into())
+        .await
+        .map_err(|e| lost(&e))?;
     send.finish().map_err(|e| lost(&e))?;
-    // One allocation at the announced size (checked against the limit).
+    // Room for the announced size (checked against the limit) at once;
+    // quinn's chunks are appended, so the buffer is never zeroed first.
     let mut header = [0u8; 4];
     recv.read_exact(&mut header).await.map_err(|e| lost(&e))?;
     let len = wire::frame_len(header)
         .map_err(|e| refused(format!("malformed answer from the server: {e}")))?;
-    let mut bytes = vec![0u8; 4 + len];
-    bytes[..4].copy_from_slice(&header);
-    recv.read_exact(&mut bytes[4..])
-        .await
-        .map_err(|e| lost(&e))?;
-    Response::decode(&bytes).map_err(|e| refused(format!("malformed answer from the server: {e}")))
+    buf.clear();
+    buf.reserve_exact(4 + len);
+    buf.extend_from_slice(&header);
+    while buf.len() < 4 + len {
+        match recv
+            .read_chunk(4 + len - buf.len(), true)
+            .await
+            .map_err(|e| lost(&e))?
+        {
+            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+            None => return Err(lost(&format!("answer truncated at {} bytes", buf.len()))),
+        }
+    }
+    Ok(buf)
+}
+
+/// Answer buffers kept for the next blob answers: a restore receives
+/// gigabytes in answers of up to a few MiB, and memory freed and taken
+/// again from the kernel for each (page faults, zeroing) cost the client
+/// several percent of its CPU.
+#[derive(Default)]
+struct Buffers(Mutex<Vec<Vec<u8>>>);
+
+/// Buffers kept, and the largest kept (a blob answer is at most
+/// [`wire::GET_BATCH_BYTES`] plus one chunk).
+const KEPT_BUFFERS: usize = 8;
+const KEPT_BUFFER_MAX: usize = 2 * wire::GET_BATCH_BYTES;
+
+impl Buffers {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        if buf.capacity() <= KEPT_BUFFER_MAX {
+            let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() < KEPT_BUFFERS {
+                kept.push(buf);
+            }
+        }
+    }
 }
 
 impl Drop for RemoteRepository {
@@ -609,18 +775,74 @@ impl Repository for RemoteRepository {
         if sending {
             self.drain()?;
         }
-        match self.request(
-            &Request::Get {
-                id,
-                kind: kind as u8,
-            },
-            Some(id),
-        )? {
-            // The server verified it; so do we: the network is not trusted either.
-            Response::Blob { blob } => blob::decode_verified(&blob, id, kind)
+        let req = Request::Get {
+            id,
+            kind: kind as u8,
+        };
+        let frame = self
+            .runtime
+            .block_on(call_frame(&self.conn, &req, self.buffers.take()))?;
+        let got = match view(&frame)? {
+            // The server sends it as stored: this check is the one that
+            // finds damage, on its disk or on the way.
+            ResponseView::Blob(blob) => blob::decode_verified(blob, id, kind)
                 .map_err(|source| StoreError::Corrupt { id, source }),
-            other => Err(unexpected(other)),
+            ResponseView::Other(Response::Error { code, message }) => {
+                Err(from_wire(code, message, Some(id)))
+            }
+            other => Err(unexpected_view(other)),
+        };
+        self.buffers.give(frame);
+        got
+    }
+
+    /// One `GetBatch` stream for many blobs (a stream, a server task and a
+    /// lookup per small file cost more than the file); what does not fit
+    /// in one answer is asked for again. Each blob is verified here.
+    fn get_blobs(
+        &self,
+        ids: &[BlobId],
+        kind: BlobKind,
+    ) -> Result<Vec<Result<Vec<u8>, StoreError>>, StoreError> {
+        if self.version < wire::GET_BATCH_VERSION {
+            return self.get_each(ids, kind);
         }
+        let sending = {
+            let inflight = self.inflight.ids.lock().unwrap_or_else(|e| e.into_inner());
+            ids.iter().any(|id| inflight.contains(id))
+        };
+        if sending {
+            self.drain()?;
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        while out.len() < ids.len() {
+            let rest = &ids[out.len()..];
+            let ask = &rest[..rest.len().min(wire::MAX_GET_BATCH)];
+            let req = Request::GetBatch {
+                ids: ask.to_vec(),
+                kind: kind as u8,
+            };
+            let frame = self
+                .runtime
+                .block_on(call_frame(&self.conn, &req, self.buffers.take()))?;
+            let list = match view(&frame)? {
+                ResponseView::Blobs(list) if !list.is_empty() && list.len() <= ask.len() => list,
+                ResponseView::Other(Response::Error { code, message }) => {
+                    return Err(from_wire(code, message, None));
+                }
+                other => return Err(unexpected_view(other)),
+            };
+            out.extend(list.into_iter().zip(ask).map(|(got, &id)| {
+                match got {
+                    // The network is not trusted, nor is the server's disk.
+                    GotBlobView::Blob(blob) => blob::decode_verified(blob, id, kind)
+                        .map_err(|source| StoreError::Corrupt { id, source }),
+                    GotBlobView::Error { code, message } => Err(from_wire(code, message, Some(id))),
+                }
+            }));
+            self.buffers.give(frame);
+        }
+        Ok(out)
     }
 
     fn commit_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId, StoreError> {

@@ -201,22 +201,94 @@ enum SharedChunk {
     Here(std::sync::Arc<Vec<u8>>),
 }
 
+/// What a worker that needs a chunk is to do (see [`claim`]).
+enum Claim {
+    /// Used once (or no longer kept): just fetch it.
+    Unshared,
+    /// Another user fetched it: here are its bytes.
+    Here(Vec<u8>),
+    /// Another worker is fetching it: wait for it.
+    Wait,
+    /// Shared, and this worker fetches it for all: publish it afterwards.
+    Mine,
+}
+
+/// The first step of getting chunk `id`: a kept copy is taken (the last
+/// user's take frees it), an absent shared chunk is marked as being
+/// fetched by the caller.
+fn claim(sh: &mut Shared, id: ChunkId) -> Claim {
+    let Shared { uses, bytes } = sh;
+    let Some((left, state)) = uses.get_mut(&id) else {
+        return Claim::Unshared;
+    };
+    match state {
+        SharedChunk::Here(data) => {
+            let data = data.to_vec();
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                *bytes -= data.len();
+                uses.remove(&id);
+            }
+            Claim::Here(data)
+        }
+        SharedChunk::Fetching => Claim::Wait,
+        SharedChunk::Absent => {
+            *state = SharedChunk::Fetching;
+            Claim::Mine
+        }
+    }
+}
+
 /// Bytes of shared chunks kept at most; beyond it they are fetched again.
 const SHARED_BUDGET: usize = 256 << 20;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Files of one chunk (most files) restored at once: each is a round trip
-/// to a server, so many are in flight...
-const SMALL_WORKERS: usize = 16;
-/// ...and files of several chunks, each fetching up to [`FETCH_WINDOW`]
-/// chunks at once. Together at most 32 requests, what the server allows
-/// on one connection. Memory: at most (16 + 4 x 4) chunks of at most
-/// 4 MiB, plus the shared chunks ([`SHARED_BUDGET`]).
+/// Workers restoring files of one chunk (most files), a group at a time:
+/// a group's chunks come in one round trip to a server (one `GetBatch`
+/// stream), so a few workers keep the link and the disk busy...
+const SMALL_WORKERS: usize = 8;
+/// ...each group holding up to this many files...
+const GROUP_FILES: usize = 64;
+/// ...and this many bytes (but always at least one file). A stream per
+/// small file cost both ends more CPU than the file itself (a QUIC stream,
+/// a task and a thread hand-off each, a credential check and an index
+/// lookup on the server).
+const GROUP_BYTES: u64 = 2 << 20;
+/// Files of several chunks, each fetching up to [`FETCH_WINDOW`] chunks at
+/// once (one `get_blobs` call). Together at most 8 + 4 requests, within
+/// the 32 the server allows on one connection. Memory: at most 8 groups
+/// (each up to 2 MiB plus a file of up to 4 MiB) and 4 x 4 chunks of at
+/// most 4 MiB, plus the shared chunks ([`SHARED_BUDGET`]).
 const LARGE_WORKERS: usize = 4;
 const FETCH_WINDOW: usize = 4;
-/// Trees fetched at once while planning.
+/// Tasks fetching trees at once while planning...
 const TREE_FETCHERS: usize = 32;
+/// ...each up to this many trees in one call.
+const TREE_BATCH: usize = 64;
+
+/// Consecutive files of one chunk in groups of up to [`GROUP_FILES`]
+/// files and [`GROUP_BYTES`] bytes, in the order given.
+fn small_groups<'i, 'a>(small: &'i [&'a Item]) -> Vec<&'i [&'a Item]> {
+    let mut groups = Vec::new();
+    let mut rest = small;
+    while !rest.is_empty() {
+        let mut bytes = 0u64;
+        let n = rest
+            .iter()
+            .take(GROUP_FILES)
+            .position(|it| {
+                bytes = bytes.saturating_add(it.node.data_len());
+                bytes > GROUP_BYTES
+            })
+            .unwrap_or(rest.len().min(GROUP_FILES))
+            .max(1);
+        let (group, tail) = rest.split_at(n);
+        groups.push(group);
+        rest = tail;
+    }
+    groups
+}
 
 fn tmp_name() -> String {
     format!(
@@ -448,73 +520,119 @@ impl Restorer<'_> {
     fn fetch(&self, id: ChunkId) -> Result<Vec<u8>, Fail> {
         let mut sh = self.shared.lock().expect("shared chunks");
         loop {
-            let Shared { uses, bytes } = &mut *sh;
-            let Some((left, state)) = uses.get_mut(&id) else {
-                // Used once (or no longer kept): just fetch it.
-                drop(sh);
-                return Ok(self.repo.get_blob(id.into(), BlobKind::Chunk)?);
-            };
-            match state.clone() {
-                SharedChunk::Here(data) => {
-                    *left = left.saturating_sub(1);
-                    if *left == 0 {
-                        *bytes -= data.len();
-                        uses.remove(&id);
-                    }
-                    return Ok(data.to_vec());
+            match claim(&mut sh, id) {
+                Claim::Unshared => {
+                    drop(sh);
+                    return Ok(self.repo.get_blob(id.into(), BlobKind::Chunk)?);
                 }
-                SharedChunk::Fetching => {
-                    sh = self.fetched.wait(sh).expect("shared chunks");
-                }
-                SharedChunk::Absent => {
-                    *state = SharedChunk::Fetching;
+                Claim::Here(data) => return Ok(data),
+                Claim::Wait => sh = self.fetched.wait(sh).expect("shared chunks"),
+                Claim::Mine => {
                     drop(sh);
                     let got = self.repo.get_blob(id.into(), BlobKind::Chunk);
-                    let mut sh = self.shared.lock().expect("shared chunks");
-                    let Shared { uses, bytes } = &mut *sh;
-                    if let Some((left, state)) = uses.get_mut(&id) {
-                        *left = left.saturating_sub(1);
-                        *state = SharedChunk::Absent;
-                        if *left == 0 {
-                            uses.remove(&id);
-                        } else if let Ok(data) = &got
-                            && *bytes + data.len() <= SHARED_BUDGET
-                        {
-                            *bytes += data.len();
-                            *state = SharedChunk::Here(std::sync::Arc::new(data.clone()));
-                        } else if got.is_ok() {
-                            // Over the budget: later users fetch it themselves.
-                            uses.remove(&id);
-                        }
-                    }
-                    self.fetched.notify_all();
+                    self.publish(id, got.as_ref().ok());
                     return Ok(got?);
                 }
             }
         }
     }
 
-    fn write_contents(&self, file: &File, node: &Node) -> Result<u64, Fail> {
+    /// The bytes of several chunks, in order, with one `get_blobs` call (one
+    /// round trip to a server) for all that are not already here or being
+    /// fetched by another worker; those are waited for afterwards, once
+    /// this call's own shared chunks are handed over (so two workers never
+    /// wait for each other).
+    fn fetch_many(&self, ids: &[ChunkId]) -> Vec<Result<Vec<u8>, Fail>> {
+        let mut out: Vec<Option<Result<Vec<u8>, Fail>>> = ids.iter().map(|_| None).collect();
+        // Indices to fetch now (with whether others wait for it), and later.
+        let mut ask: Vec<(usize, bool)> = Vec::new();
+        let mut later = Vec::new();
+        {
+            let mut sh = self.shared.lock().expect("shared chunks");
+            for (i, &id) in ids.iter().enumerate() {
+                match claim(&mut sh, id) {
+                    Claim::Unshared => ask.push((i, false)),
+                    Claim::Mine => ask.push((i, true)),
+                    Claim::Here(data) => out[i] = Some(Ok(data)),
+                    Claim::Wait => later.push(i),
+                }
+            }
+        }
+        let want: Vec<_> = ask.iter().map(|&(i, _)| ids[i].into()).collect();
+        match self.repo.get_blobs(&want, BlobKind::Chunk) {
+            Ok(list) => {
+                for (&(i, shared), got) in ask.iter().zip(list) {
+                    if shared {
+                        self.publish(ids[i], got.as_ref().ok());
+                    }
+                    out[i] = Some(got.map_err(Fail::from));
+                }
+            }
+            Err(e) => {
+                for &(i, shared) in &ask {
+                    if shared {
+                        self.publish(ids[i], None);
+                    }
+                    out[i] = Some(Err(Fail {
+                        msg: e.to_string(),
+                        corrupt: e.is_corruption(),
+                    }));
+                }
+            }
+        }
+        for i in later {
+            out[i] = Some(self.fetch(ids[i]));
+        }
+        out.into_iter()
+            .map(|o| o.expect("every chunk is answered"))
+            .collect()
+    }
+
+    /// Ends this worker's fetch of shared chunk `id` (`got`: its bytes, or
+    /// `None` when the fetch failed): kept for its other users within
+    /// [`SHARED_BUDGET`], and they are woken.
+    fn publish(&self, id: ChunkId, got: Option<&Vec<u8>>) {
+        let mut sh = self.shared.lock().expect("shared chunks");
+        let Shared { uses, bytes } = &mut *sh;
+        if let Some((left, state)) = uses.get_mut(&id) {
+            *left = left.saturating_sub(1);
+            *state = SharedChunk::Absent;
+            if *left == 0 {
+                uses.remove(&id);
+            } else if let Some(data) = got
+                && *bytes + data.len() <= SHARED_BUDGET
+            {
+                *bytes += data.len();
+                *state = SharedChunk::Here(std::sync::Arc::new(data.clone()));
+            } else if got.is_some() {
+                // Over the budget: later users fetch it themselves.
+                uses.remove(&id);
+            }
+        }
+        self.fetched.notify_all();
+    }
+
+    /// Writes the file's contents; `first`, when given, is its first
+    /// chunk, already fetched (with its group, see `restore_contents`).
+    fn write_contents(
+        &self,
+        file: &File,
+        node: &Node,
+        mut first: Option<Result<Vec<u8>, Fail>>,
+    ) -> Result<u64, Fail> {
         let mut written = 0u64;
         if node.is_dense() {
-            // A few chunks of a large file are fetched at once (a round
-            // trip each from a server), then written in order. Chunks are
+            // A few chunks of a large file are fetched at once (one
+            // `get_blobs` call: one round trip and one stream, and the
+            // server reads a file's neighbouring chunks with one `pread`),
+            // then written in order. Chunks are
             // at least 256 KiB (but a file's last), so each is written as
             // it is: a buffer would only copy them.
             let mut w = file;
             for window in node.chunks.chunks(FETCH_WINDOW) {
                 let fetched: Vec<Result<Vec<u8>, Fail>> = match window {
-                    [c] => vec![self.fetch(*c)],
-                    [c, more @ ..] => std::thread::scope(|s| {
-                        let more: Vec<_> = more
-                            .iter()
-                            .map(|&c| s.spawn(move || self.fetch(c)))
-                            .collect();
-                        std::iter::once(self.fetch(*c))
-                            .chain(more.into_iter().map(|h| h.join().expect("chunk fetch")))
-                            .collect()
-                    }),
-                    [] => vec![],
+                    [c] => vec![first.take().unwrap_or_else(|| self.fetch(*c))],
+                    more => self.fetch_many(more),
                 };
                 for data in fetched {
                     let data = data?;
@@ -532,7 +650,7 @@ impl Restorer<'_> {
             let mut cur = extents.next();
             let mut used = 0u64;
             for &c in &node.chunks {
-                let data = self.fetch(c)?;
+                let data = first.take().unwrap_or_else(|| self.fetch(c))?;
                 let mut rest = &data[..];
                 while !rest.is_empty() {
                     let Some((off, len)) = cur else {
@@ -606,29 +724,66 @@ impl Restorer<'_> {
 
     /// Restores file contents: files of one chunk and files of several on
     /// workers of their own (the former wait for round trips, the latter
-    /// for bandwidth), each kind taken in the order given.
+    /// for bandwidth), each kind taken in the order given. Files of one
+    /// chunk go in groups ([`small_groups`]), each group's chunks fetched
+    /// with one `get_blobs` call.
     fn restore_contents(&self, items: &[&Item]) {
         let (large, small): (Vec<&Item>, Vec<&Item>) =
             items.iter().partition(|it| it.node.chunks.len() > 1);
-        let run = |list: &[&Item], next: &AtomicUsize| {
-            while let Some(it) = list.get(next.fetch_add(1, Relaxed)) {
-                if let Err(e) = self.restore_file(&it.rel, &it.node) {
+        let groups = small_groups(&small);
+        let run_large = |next: &AtomicUsize| {
+            while let Some(it) = large.get(next.fetch_add(1, Relaxed)) {
+                if let Err(e) = self.restore_file(&it.rel, &it.node, None) {
                     self.fail(&it.rel, e);
+                }
+            }
+        };
+        let run_small = |next: &AtomicUsize| {
+            while let Some(group) = groups.get(next.fetch_add(1, Relaxed)) {
+                // By path, so that files of one directory follow each other
+                // and share one open of it.
+                let mut group = group.to_vec();
+                group.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+                let ids: Vec<ChunkId> = group
+                    .iter()
+                    .filter_map(|it| it.node.chunks.first().copied())
+                    .collect();
+                let mut data = self.fetch_many(&ids).into_iter();
+                let mut dir: Option<(&[u8], OwnedFd)> = None;
+                for it in group {
+                    let first = match it.node.chunks.is_empty() {
+                        true => None,
+                        false => data.next(),
+                    };
+                    let (parent, name) = split_parent(&it.rel);
+                    if dir.as_ref().is_none_or(|(p, _)| *p != parent) {
+                        dir = match self.open_dir(parent) {
+                            Ok(fd) => Some((parent, fd)),
+                            Err(e) => {
+                                self.fail(&it.rel, e);
+                                None
+                            }
+                        };
+                    }
+                    let Some((_, fd)) = &dir else { continue };
+                    if let Err(e) = self.restore_file_in(fd, name, &it.node, first) {
+                        self.fail(&it.rel, e);
+                    }
                 }
             }
         };
         let (next_small, next_large) = (AtomicUsize::new(0), AtomicUsize::new(0));
         std::thread::scope(|s| {
-            let workers = (0..SMALL_WORKERS.min(small.len()))
-                .map(|i| (format!("restore-{i}"), &small, &next_small))
-                .chain(
-                    (0..LARGE_WORKERS.min(large.len()))
-                        .map(|i| (format!("restore-large-{i}"), &large, &next_large)),
-                );
-            for (name, list, next) in workers {
+            for i in 0..SMALL_WORKERS.min(groups.len()) {
                 std::thread::Builder::new()
-                    .name(name)
-                    .spawn_scoped(s, || run(list, next))
+                    .name(format!("restore-{i}"))
+                    .spawn_scoped(s, || run_small(&next_small))
+                    .expect("starting a restore worker");
+            }
+            for i in 0..LARGE_WORKERS.min(large.len()) {
+                std::thread::Builder::new()
+                    .name(format!("restore-large-{i}"))
+                    .spawn_scoped(s, || run_large(&next_large))
                     .expect("starting a restore worker");
             }
         });
@@ -654,12 +809,27 @@ impl Restorer<'_> {
     }
 
     /// Writes a file under a temporary name, sets its metadata, renames it.
-    fn restore_file(&self, rel: &[u8], node: &Node) -> Result<(), Fail> {
+    fn restore_file(
+        &self,
+        rel: &[u8],
+        node: &Node,
+        first: Option<Result<Vec<u8>, Fail>>,
+    ) -> Result<(), Fail> {
         let (parent, name) = split_parent(rel);
-        let dir = self.open_dir(parent)?;
+        self.restore_file_in(&self.open_dir(parent)?, name, node, first)
+    }
+
+    /// [`Restorer::restore_file`] with its directory already open.
+    fn restore_file_in(
+        &self,
+        dir: &OwnedFd,
+        name: &[u8],
+        node: &Node,
+        first: Option<Result<Vec<u8>, Fail>>,
+    ) -> Result<(), Fail> {
         let tmp = tmp_name();
         let fd = rustix::fs::openat(
-            &dir,
+            dir,
             tmp.as_str(),
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
@@ -669,9 +839,9 @@ impl Restorer<'_> {
         // (an xattr namespace this user may not write, a file system
         // without xattrs): the file is renamed into place and the metadata
         // failure reported on its own.
-        let written = self.write_contents(&file, node).and_then(|n| {
+        let written = self.write_contents(&file, node, first).and_then(|n| {
             let meta = self.apply_meta_fd(&file, node);
-            rustix::fs::renameat(&dir, tmp.as_str(), &dir, os(name))?;
+            rustix::fs::renameat(dir, tmp.as_str(), dir, os(name))?;
             Ok((n, meta))
         });
         match written {
@@ -685,7 +855,7 @@ impl Restorer<'_> {
                 })
             }
             Err(e) => {
-                let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
+                let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
                 Err(e)
             }
         }
@@ -745,9 +915,11 @@ impl Restorer<'_> {
     }
 
     /// Collects the items to restore, sorted by path (so parents come
-    /// before their children). Trees are fetched [`TREE_FETCHERS`] at once,
-    /// each directory's as soon as its parent's has arrived: over a network
-    /// each tree is a round trip, and a home has thousands.
+    /// before their children). Directories whose parent's tree has arrived
+    /// wait in a queue; up to [`TREE_FETCHERS`] tasks each take up to
+    /// [`TREE_BATCH`] of them and fetch their trees with one `get_blobs`
+    /// call: over a network each call is a round trip (and a stream, and
+    /// a server task), and a home has thousands of directories.
     fn plan(
         &self,
         planners: &rayon::ThreadPool,
@@ -760,14 +932,13 @@ impl Restorer<'_> {
             max_entries: max_entries.unwrap_or(u64::MAX),
             items: Mutex::new(Vec::new()),
             entries: AtomicU64::new(0),
+            queue: Mutex::new(Vec::new()),
         };
         let pr = &p;
         planners.scope(|s| {
             let mut dirs = Vec::new();
             self.plan_entries(pr, vec![(Vec::new(), root)], 0, &mut dirs);
-            for (rel, sub) in dirs {
-                s.spawn(move |s| self.plan_tree(s, pr, rel, sub, 1));
-            }
+            self.queue_trees(s, pr, dirs, 1);
         });
         let entries = p.entries.load(Relaxed);
         if entries > p.max_entries {
@@ -793,39 +964,77 @@ impl Restorer<'_> {
         Ok(items)
     }
 
-    /// Fetches the tree of directory `rel`, plans its entries and starts
-    /// on its subdirectories.
-    fn plan_tree<'s>(
+    /// Queues directories (`depth` below the root) whose trees are to be
+    /// fetched, and starts enough tasks to fetch them in batches.
+    fn queue_trees<'s>(
         &'s self,
         s: &rayon::Scope<'s>,
         p: &'s Planning<'_>,
-        rel: Vec<u8>,
-        sub: homesync_protocol::TreeId,
+        dirs: Vec<(Vec<u8>, homesync_protocol::TreeId)>,
         depth: usize,
     ) {
+        let tasks = dirs.len().div_ceil(TREE_BATCH);
+        p.queue
+            .lock()
+            .expect("plan queue")
+            .extend(dirs.into_iter().map(|(rel, sub)| (rel, sub, depth)));
+        for _ in 0..tasks {
+            s.spawn(move |s| self.plan_trees(s, p));
+        }
+    }
+
+    /// Takes up to [`TREE_BATCH`] queued directories (the most recently
+    /// queued: depth first keeps the queue short), fetches their trees in
+    /// one call, plans their entries and queues their subdirectories. A
+    /// task that finds the queue empty (others took it) has nothing to do.
+    fn plan_trees<'s>(&'s self, s: &rayon::Scope<'s>, p: &'s Planning<'_>) {
         if p.entries.load(Relaxed) > p.max_entries {
             return;
         }
-        match browse::load_tree(self.repo, sub) {
-            Ok(tree) => {
-                let children = tree
-                    .nodes
-                    .into_iter()
-                    .map(|child| (join(&rel, &child.name), child))
-                    .collect();
-                let mut dirs = Vec::new();
-                self.plan_entries(p, children, depth, &mut dirs);
-                for (rel, sub) in dirs {
-                    s.spawn(move |s| self.plan_tree(s, p, rel, sub, depth + 1));
+        let batch = {
+            let mut q = p.queue.lock().expect("plan queue");
+            let keep = q.len().saturating_sub(TREE_BATCH);
+            q.split_off(keep)
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let ids: Vec<_> = batch.iter().map(|(_, sub, _)| *sub).collect();
+        let trees = match browse::load_trees(self.repo, &ids) {
+            Ok(trees) => trees,
+            Err(e) => {
+                for (rel, ..) in &batch {
+                    self.fail(
+                        rel,
+                        Fail {
+                            msg: format!("its entries are not restored: {e}"),
+                            corrupt: e.is_corruption(),
+                        },
+                    );
                 }
+                return;
             }
-            Err(e) => self.fail(
-                &rel,
-                Fail {
-                    msg: format!("its entries are not restored: {e}"),
-                    corrupt: e.is_corruption(),
-                },
-            ),
+        };
+        for ((rel, _, depth), tree) in batch.into_iter().zip(trees) {
+            match tree {
+                Ok(tree) => {
+                    let children = tree
+                        .nodes
+                        .into_iter()
+                        .map(|child| (join(&rel, &child.name), child))
+                        .collect();
+                    let mut dirs = Vec::new();
+                    self.plan_entries(p, children, depth, &mut dirs);
+                    self.queue_trees(s, p, dirs, depth + 1);
+                }
+                Err(e) => self.fail(
+                    &rel,
+                    Fail {
+                        msg: format!("its entries are not restored: {e}"),
+                        corrupt: e.is_corruption(),
+                    },
+                ),
+            }
         }
     }
 
@@ -1052,6 +1261,9 @@ struct Planning<'a> {
     items: Mutex<Vec<Item>>,
     /// Entries planned that take an inode.
     entries: AtomicU64,
+    /// Directories whose trees are still to be fetched: (path, tree, depth).
+    #[allow(clippy::type_complexity)]
+    queue: Mutex<Vec<(Vec<u8>, homesync_protocol::TreeId, usize)>>,
 }
 
 /// Restores `snapshot` (or the parts named in `opts.paths`) into `opts.target`.
@@ -1452,6 +1664,24 @@ mod tests {
             .collect();
         let (first, _) = order_for_use(big.iter().collect(), now);
         assert_eq!(first.len(), 16);
+    }
+
+    #[test]
+    fn small_files_go_in_groups_bounded_by_count_and_bytes() {
+        let items: Vec<Item> = [10u64, 10, 3 << 20, 10]
+            .iter()
+            .chain(&[100; 130])
+            .map(|&len| Item {
+                rel: b"f".to_vec(),
+                node: file(len, 0),
+            })
+            .collect();
+        let refs: Vec<&Item> = items.iter().collect();
+        let sizes: Vec<usize> = small_groups(&refs).iter().map(|g| g.len()).collect();
+        // The 3 MiB file is over the byte budget: alone in its group, which
+        // ends the one before; then groups of GROUP_FILES.
+        assert_eq!(sizes, [2, 1, GROUP_FILES, GROUP_FILES, 3]);
+        assert!(small_groups(&[]).is_empty());
     }
 
     #[test]

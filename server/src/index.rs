@@ -292,28 +292,43 @@ impl Index {
     }
 
     pub fn locate(&self, id: &BlobId) -> Result<Option<BlobLocation>, StoreError> {
-        self.conn
-            .prepare_cached(
-                "SELECT p.name, b.kind, b.offset, b.length FROM blobs b JOIN packs p ON p.id = b.pack WHERE b.id = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_row([&id.0[..]], |r| {
-                    let kind: u8 = r.get(1)?;
-                    Ok((r.get::<_, String>(0)?, kind, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
-                })
-                .optional()
+        Self::locate_in(&self.conn, id)
+    }
+
+    /// Where each of `ids` is, in one read transaction: a batch of reads
+    /// (`GetBatch`) pays for one transaction, not one per blob.
+    pub fn locate_many(&self, ids: &[BlobId]) -> Result<Vec<Option<BlobLocation>>, StoreError> {
+        let tx = self.conn.unchecked_transaction().map_err(sql)?;
+        let found = ids
+            .iter()
+            .map(|id| Self::locate_in(&tx, id))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.finish().map_err(sql)?;
+        Ok(found)
+    }
+
+    fn locate_in(conn: &Connection, id: &BlobId) -> Result<Option<BlobLocation>, StoreError> {
+        conn.prepare_cached(
+            "SELECT p.name, b.kind, b.offset, b.length FROM blobs b JOIN packs p ON p.id = b.pack WHERE b.id = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([&id.0[..]], |r| {
+                let kind: u8 = r.get(1)?;
+                Ok((r.get::<_, String>(0)?, kind, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
             })
-            .map_err(sql)?
-            .map(|(pack, kind, offset, length)| {
-                Ok(BlobLocation {
-                    pack,
-                    kind: BlobKind::from_u8(kind)
-                        .ok_or_else(|| StoreError::Index(format!("blob {id} has unknown kind {kind}")))?,
-                    offset: offset as u64,
-                    length: length as u32,
-                })
+            .optional()
+        })
+        .map_err(sql)?
+        .map(|(pack, kind, offset, length)| {
+            Ok(BlobLocation {
+                pack,
+                kind: BlobKind::from_u8(kind)
+                    .ok_or_else(|| StoreError::Index(format!("blob {id} has unknown kind {kind}")))?,
+                offset: offset as u64,
+                length: length as u32,
             })
-            .transpose()
+        })
+        .transpose()
     }
 
     /// Records a durable pack and its blobs in one transaction. A blob already

@@ -8,7 +8,7 @@
 
 use crate::auth::{Auth, Principal, Role};
 use crate::store::Store;
-use homesync_protocol::wire::{self, ErrorCode, Request, Response, Session};
+use homesync_protocol::wire::{self, ErrorCode, GotBlobRef, Request, Response, Session};
 use homesync_protocol::{BlobKind, Repository, Snapshot, StoreError};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -319,7 +319,7 @@ impl Service {
         }
         if let Some(report) = &self.reporter {
             let machine = match &*session.lock().await {
-                Session::Ready(a) => Some(a.principal.machine.clone()),
+                Session::Ready(a, _) => Some(a.principal.machine.clone()),
                 _ => None,
             };
             let stats = conn.stats();
@@ -350,15 +350,15 @@ impl Service {
         let peer = conn.remote_address();
         // The memory permit is held until the answer is sent: the request's
         // bytes live that long.
-        let (response, _memory) = match read_frame(&mut recv, &self.memory).await {
-            Err(FrameError::Bad(why)) => (Response::error(ErrorCode::BadRequest, why), None),
+        let (answer, _memory) = match read_frame(&mut recv, &self.memory).await {
+            Err(FrameError::Bad(why)) => (Response::error(ErrorCode::BadRequest, why).into(), None),
             Err(FrameError::Stream(e)) => {
                 tracing::debug!("{peer}: stream failed: {e}");
                 return;
             }
             Ok((bytes, permit)) => {
-                let response = match Request::decode(&bytes) {
-                    Err(e) => Response::error(ErrorCode::BadRequest, e.to_string()),
+                let answer = match Request::decode(&bytes) {
+                    Err(e) => Response::error(ErrorCode::BadRequest, e.to_string()).into(),
                     Ok(req) => {
                         // Work buffers beyond the frame itself come out of the
                         // same budget (a 4 KiB delta may build a whole tree).
@@ -374,25 +374,32 @@ impl Service {
                                 Err(_) => Response::error(
                                     ErrorCode::Internal,
                                     "server busy: send the blob whole",
-                                ),
+                                )
+                                .into(),
                             },
                         }
                     }
                 };
-                (response, Some(permit))
+                (answer, Some(permit))
             }
         };
         let close = matches!(
-            response,
-            Response::Error {
+            answer,
+            Answer::Response(Response::Error {
                 code: ErrorCode::BadRequest | ErrorCode::Unauthenticated | ErrorCode::Version,
                 ..
-            }
+            })
         );
-        if let Response::Error { code, message } = &response {
+        if let Answer::Response(Response::Error { code, message }) = &answer {
             tracing::warn!("{peer}: {code:?}: {message}");
         }
-        let _ = send.write_all(&response.encode()).await;
+        let frame = match answer {
+            Answer::Response(r) => r.encode(),
+            Answer::Frame(f) => f,
+        };
+        // Handed over whole: `write_all` would copy the answer into
+        // quinn's buffers once more.
+        let _ = send.write_chunk(frame.into()).await;
         let _ = send.finish();
         if close {
             // Bad input ends the connection, after the answer is delivered.
@@ -407,17 +414,21 @@ impl Service {
         session: &tokio::sync::Mutex<Session<Authed>>,
         counters: &Arc<Counters>,
         req: Request,
-    ) -> Response {
+    ) -> Answer {
         counters.requests.fetch_add(1, Relaxed);
         let mut s = session.lock().await;
         let authed = match s.admit(&req) {
-            Err(r) => return r,
+            Err(r) => return r.into(),
             Ok(Some(a)) => {
                 drop(s);
                 a
             }
             Ok(None) => {
-                let Request::Hello { credential, .. } = req else {
+                let Request::Hello {
+                    credential,
+                    version,
+                } = req
+                else {
                     unreachable!("admit returns None only for Hello")
                 };
                 let auth = self.auth.clone();
@@ -440,8 +451,9 @@ impl Service {
                     Ok((p, writer)) => {
                         tracing::info!("{peer}: session of {} ({})", p.machine, p.role.as_str());
                         let c = self.store.config();
+                        // The client's version: it may send what that has.
                         let welcome = Response::Welcome {
-                            version: wire::PROTOCOL_VERSION,
+                            version,
                             store_id: c.id.clone(),
                             chunker: c.chunker,
                             zstd_level: c.zstd_level,
@@ -451,11 +463,14 @@ impl Service {
                         // A restore token is spent by this session; other
                         // credentials are checked again on every request.
                         let credential = (p.role != Role::Restore).then_some(credential);
-                        s.established(Authed {
-                            principal: p,
-                            credential,
-                            _writer: writer,
-                        });
+                        s.established(
+                            Authed {
+                                principal: p,
+                                credential,
+                                _writer: writer,
+                            },
+                            version,
+                        );
                         welcome
                     }
                     Err(e) => {
@@ -463,7 +478,8 @@ impl Service {
                         tracing::warn!("{peer}: authentication failed: {e}");
                         Response::error(ErrorCode::Unauthenticated, "unknown or revoked credential")
                     }
-                };
+                }
+                .into();
             }
         };
         // Re-check the credential on every request so that revoking it
@@ -474,14 +490,57 @@ impl Service {
             if let Some(c) = &authed.credential
                 && svc.auth.authenticate(c).ok().as_ref() != Some(&authed.principal)
             {
-                return Response::error(ErrorCode::Unauthenticated, "credential revoked");
+                return Response::error(ErrorCode::Unauthenticated, "credential revoked").into();
             }
-            svc.serve(&authed.principal, req, &counters)
+            match req {
+                Request::GetBatch { ids, kind } => svc.get_batch(&authed.principal, &ids, kind),
+                Request::Get { id, kind } => svc.get(id, kind),
+                req => svc.serve(&authed.principal, req, &counters).into(),
+            }
         })
         .await
         .unwrap_or_else(|e| {
-            Response::error(ErrorCode::Internal, format!("request task failed: {e}"))
+            Response::error(ErrorCode::Internal, format!("request task failed: {e}")).into()
         })
+    }
+
+    /// `Get`: the blob as stored, not verified (the client verifies every
+    /// blob, see `Store::read_blob`), encoded without a copy of its own.
+    fn get(&self, id: homesync_protocol::BlobId, kind: u8) -> Answer {
+        let Some(kind) = BlobKind::from_u8(kind) else {
+            return Response::error(ErrorCode::BadRequest, "unknown blob kind").into();
+        };
+        match self.store.read_blob(id, kind) {
+            Ok(blob) => Answer::Frame(wire::encode_blob(&blob)),
+            Err(e) => Response::error(error_code(&e), e.to_string()).into(),
+        }
+    }
+
+    /// `GetBatch`: the blobs as stored (see `Store::read_blob`), encoded
+    /// straight from the buffers they were read into, without a copy of
+    /// each into a list of its own.
+    fn get_batch(&self, p: &Principal, ids: &[homesync_protocol::BlobId], kind: u8) -> Answer {
+        let Some(kind) = BlobKind::from_u8(kind) else {
+            return Response::error(ErrorCode::BadRequest, "unknown blob kind").into();
+        };
+        let list = match self.store.read_blobs(ids, kind, wire::GET_BATCH_BYTES) {
+            Ok(list) => list,
+            Err(e) => return Response::error(error_code(&e), e.to_string()).into(),
+        };
+        let list: Vec<GotBlobRef> = list
+            .iter()
+            .map(|r| match r {
+                Ok(blob) => GotBlobRef::Blob(blob),
+                Err(e) => {
+                    tracing::warn!("{}: GetBatch: {e}", p.machine);
+                    GotBlobRef::Error {
+                        code: error_code(e),
+                        message: e.to_string(),
+                    }
+                }
+            })
+            .collect();
+        Answer::Frame(wire::encode_blobs(&list))
     }
 
     /// Memory a request may need while served, beyond its frame: a delta's
@@ -610,13 +669,8 @@ impl Service {
                     Response::Forgotten
                 })
             }
-            Request::Get { id, kind } => match kind_of(kind) {
-                Ok(kind) => self
-                    .store
-                    .read_blob_verified(id, kind)
-                    .map(|blob| Response::Blob { blob }),
-                Err(r) => return r,
-            },
+            Request::Get { .. } => unreachable!("answered by get"),
+            Request::GetBatch { .. } => unreachable!("answered by get_batch"),
             Request::Commit { snapshot } => {
                 let snap = match Snapshot::decode(&snapshot) {
                     Ok(s) => s,
@@ -654,15 +708,30 @@ impl Service {
                 })
             }
         };
-        result.unwrap_or_else(|e| {
-            let code = match &e {
-                StoreError::Missing(_) | StoreError::NoSnapshot(_) => ErrorCode::NotFound,
-                e if e.is_corruption() => ErrorCode::Corrupt,
-                StoreError::Refused(_) => ErrorCode::Refused,
-                _ => ErrorCode::Internal,
-            };
-            Response::error(code, e.to_string())
-        })
+        result.unwrap_or_else(|e| Response::error(error_code(&e), e.to_string()))
+    }
+}
+
+/// What a stream sends back: an answer to encode, or (`GetBatch`) a frame
+/// already encoded.
+enum Answer {
+    Response(Response),
+    Frame(Vec<u8>),
+}
+
+impl From<Response> for Answer {
+    fn from(r: Response) -> Answer {
+        Answer::Response(r)
+    }
+}
+
+/// The wire's name for a store error.
+fn error_code(e: &StoreError) -> ErrorCode {
+    match e {
+        StoreError::Missing(_) | StoreError::NoSnapshot(_) => ErrorCode::NotFound,
+        e if e.is_corruption() => ErrorCode::Corrupt,
+        StoreError::Refused(_) => ErrorCode::Refused,
+        _ => ErrorCode::Internal,
     }
 }
 

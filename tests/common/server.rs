@@ -222,13 +222,18 @@ impl Client {
 
     /// `restore latest --target TARGET`, which must succeed.
     pub fn restore_latest(&self, target: &Path) -> Run {
-        let run = self.run(&[
+        let run = self.try_restore_latest(target);
+        run.expect_ok();
+        run
+    }
+
+    /// `restore latest --target TARGET`, whatever its outcome.
+    pub fn try_restore_latest(&self, target: &Path) -> Run {
+        self.run(&[
             OsStr::new("restore"),
             OsStr::new("latest"),
             OsStr::new("--target"),
             target.as_os_str(),
-        ]);
-        run.expect_ok();
-        run
+        ])
     }
 }
