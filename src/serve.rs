@@ -69,6 +69,7 @@ pub fn run(cli: &Cli, args: &ServeArgs, out: &Out) -> anyhow::Result<u8> {
     let store = Arc::new(store);
     let svc = Arc::new(
         Service::new(store.clone(), Arc::new(auth), limits.max_connections)
+            .with_slow_request(Duration::from_secs(cfg.slow_request_secs))
             .on_session_end(move |r| reporter.session(r)),
     );
     // The jobs run beside the service until shutdown; a job still running

@@ -608,3 +608,80 @@ fn a_protocol_2_client_is_served_without_get_batch() {
         "{answer:?}"
     );
 }
+
+/// Found by the hardening work: memory is set aside for a request when its
+/// length arrives, so a peer announcing a large request and sending nothing
+/// held all of the server's request memory for as long as it kept its
+/// connection alive, and every other session's uploads waited.
+#[test]
+fn a_peer_announcing_a_large_request_and_stalling_cannot_starve_others() {
+    use homesync_protocol::wire::{ErrorCode, Response};
+    use homesync_protocol::{BlobEncoder, BlobKind, ChunkId, Repository};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(tmp.path(), "slow_request_secs = 1\n");
+    let good = server.remote(&server.add_machine("good", false)).unwrap();
+    let evil = server.remote(&server.add_machine("evil", false)).unwrap();
+    // 40 MiB announced (80 MiB of request memory: all of it), nothing sent.
+    let stalled = evil.stall_raw(&(40u32 << 20).to_le_bytes()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut enc = BlobEncoder::new(3);
+        let mut last = None;
+        for i in 0..8u64 {
+            let data = random_bytes(100 + i, 1 << 20);
+            let id = ChunkId::of(&data);
+            good.put_blob(
+                id.into(),
+                BlobKind::Chunk,
+                &enc.encode(BlobKind::Chunk, &data),
+            )
+            .unwrap();
+            last = Some((id, data));
+        }
+        let (id, data) = last.unwrap();
+        let back = good.get_blob(id.into(), BlobKind::Chunk).unwrap();
+        tx.send(back == data).unwrap();
+    });
+    // Before the fix this waited for as long as the stalled stream lived.
+    let ok = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the good client's uploads waited on the stalled stream");
+    assert!(ok);
+
+    let answer = Response::decode(&stalled.answer().unwrap()).unwrap();
+    match answer {
+        Response::Error {
+            code: ErrorCode::BadRequest,
+            message,
+        } => assert!(message.contains("too slow"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        evil.snapshots().is_err(),
+        "the slow peer's connection stays open"
+    );
+}
+
+/// Found with the previous test: before `Hello` a peer is nobody, yet it
+/// could announce a 64 MiB request and have the server set memory aside.
+#[test]
+fn a_large_request_before_hello_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    // A Hello carrying a 100 KiB "credential": refused before it is read.
+    let e = match server.remote(&"x".repeat(100 << 10)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a 100 KiB Hello was accepted"),
+    };
+    assert!(e.contains("before Hello"), "{e}");
+    // Everyone else is served as before.
+    let good = server.remote(&server.add_machine("good", false)).unwrap();
+    assert!(
+        homesync_protocol::Repository::snapshots(&good)
+            .unwrap()
+            .is_empty()
+    );
+}

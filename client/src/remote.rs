@@ -387,6 +387,26 @@ impl RemoteRepository {
         })
     }
 
+    /// Opens a request stream, sends `bytes` and leaves the stream open
+    /// without finishing it, as a stalled or hostile peer would (tests of
+    /// how a server meets slow clients). The stream lives as long as the
+    /// returned handle; [`RawStream::answer`] waits for the server's reply.
+    pub fn stall_raw(&self, bytes: &[u8]) -> Result<RawStream, StoreError> {
+        let conn = self.conn.clone();
+        let (send, recv) = self.runtime.block_on(async move {
+            let lost =
+                |e: &dyn std::fmt::Display| refused(format!("connection to the server lost: {e}"));
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+            send.write_all(bytes).await.map_err(|e| lost(&e))?;
+            Ok::<_, StoreError>((send, recv))
+        })?;
+        Ok(RawStream {
+            _send: send,
+            recv,
+            runtime: self.runtime.handle().clone(),
+        })
+    }
+
     /// Sends the open batch, waits until every chunk upload is answered;
     /// reports the first failure.
     fn drain(&self) -> Result<(), StoreError> {
@@ -977,5 +997,22 @@ mod tests {
         // 4 MB sent at once from then on take 4 s at this rate.
         let w = t.wait(start + Duration::from_secs(10), 4_000_000);
         assert!((w.as_secs_f64() - (4.1 - 0.25)).abs() < 1e-6, "{w:?}");
+    }
+}
+
+/// A request stream left open by [`RemoteRepository::stall_raw`].
+pub struct RawStream {
+    _send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    runtime: tokio::runtime::Handle,
+}
+
+impl RawStream {
+    /// The server's answer on this stream (when it gives up on it).
+    pub fn answer(mut self) -> Result<Vec<u8>, StoreError> {
+        let recv = &mut self.recv;
+        self.runtime
+            .block_on(recv.read_to_end(wire::MAX_FRAME + 4))
+            .map_err(|e| refused(format!("connection to the server lost: {e}")))
     }
 }

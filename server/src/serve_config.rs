@@ -78,6 +78,9 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// A connection silent this long is closed.
     pub idle_timeout_secs: u64,
+    /// A request stream slower than 64 KiB/s on average after this many
+    /// seconds is cut (see [`crate::service::Service::with_slow_request`]).
+    pub slow_request_secs: u64,
     /// An upload session not committed within this long expires, and the
     /// blobs only it uploaded become garbage.
     pub session_expiry_hours: u64,
@@ -98,6 +101,7 @@ struct Raw {
     key: Option<PathBuf>,
     max_connections: Option<usize>,
     idle_timeout_secs: Option<u64>,
+    slow_request_secs: Option<u64>,
     session_expiry_hours: Option<u64>,
     retention: Option<RawRetention>,
     jobs: Option<RawJobs>,
@@ -143,6 +147,7 @@ impl ServeConfig {
             store,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            slow_request_secs: crate::service::DEFAULT_SLOW_REQUEST.as_secs(),
             session_expiry_hours: DEFAULT_SESSION_EXPIRY_HOURS,
             retention: Retention::default(),
             jobs: JobsConfig::default(),
@@ -201,6 +206,12 @@ impl ServeConfig {
                 return Err(invalid("max_connections", "must be at least 1"));
             }
             config.max_connections = n;
+        }
+        if let Some(n) = raw.slow_request_secs {
+            if n == 0 {
+                return Err(invalid("slow_request_secs", "must be at least 1"));
+            }
+            config.slow_request_secs = n;
         }
         if let Some(n) = raw.idle_timeout_secs {
             if n == 0 {
@@ -347,6 +358,7 @@ mod tests {
                 key: "/etc/homesync/k.der".into(),
                 max_connections: 20,
                 idle_timeout_secs: 5,
+                slow_request_secs: 30,
                 session_expiry_hours: 1,
                 retention: Retention::default(),
                 jobs: JobsConfig::default(),

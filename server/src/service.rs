@@ -207,8 +207,19 @@ pub struct Service {
     /// units of [`MEMORY_UNIT`]. A stream waits for its share before its
     /// body is read; meanwhile QUIC flow control holds the client back.
     memory: Arc<tokio::sync::Semaphore>,
+    /// See [`Service::with_slow_request`].
+    slow_request: Duration,
     reporter: Option<Reporter>,
 }
+
+/// A request may be at most this large before its session's `Hello` is
+/// accepted: a `Hello` is a few hundred bytes, and an unauthenticated peer
+/// must not make the server set memory aside for a 64 MiB frame.
+pub const BEFORE_HELLO_MAX_FRAME: usize = 16 << 10;
+/// After the grace period a request's bytes must keep arriving at this
+/// average rate (512 kbit/s).
+pub const MIN_REQUEST_RATE: u64 = 64 << 10;
+pub const DEFAULT_SLOW_REQUEST: Duration = Duration::from_secs(30);
 
 /// All request buffers together stay under this many bytes.
 pub const REQUEST_MEMORY: usize = 64 << 20;
@@ -222,8 +233,20 @@ impl Service {
             max_connections,
             connections: Default::default(),
             memory: Arc::new(tokio::sync::Semaphore::new(REQUEST_MEMORY / MEMORY_UNIT)),
+            slow_request: DEFAULT_SLOW_REQUEST,
             reporter: None,
         }
+    }
+
+    /// A request stream that, after `grace`, has delivered less than
+    /// [`MIN_REQUEST_RATE`] on average is cut and its connection closed:
+    /// memory is set aside for a request when its length arrives, so a peer
+    /// announcing a large request and sending nothing (slow loris) would
+    /// otherwise hold it, and starve every other session, for as long as it
+    /// keeps the connection alive.
+    pub fn with_slow_request(mut self, grace: Duration) -> Self {
+        self.slow_request = grace;
+        self
     }
 
     /// Calls `f` with each session's counts when its connection ends.
@@ -350,39 +373,46 @@ impl Service {
         let peer = conn.remote_address();
         // The memory permit is held until the answer is sent: the request's
         // bytes live that long.
-        let (answer, _memory) = match read_frame(&mut recv, &self.memory).await {
-            Err(FrameError::Bad(why)) => (Response::error(ErrorCode::BadRequest, why).into(), None),
-            Err(FrameError::Stream(e)) => {
-                tracing::debug!("{peer}: stream failed: {e}");
-                return;
-            }
-            Ok((bytes, permit)) => {
-                let answer = match Request::decode(&bytes) {
-                    Err(e) => Response::error(ErrorCode::BadRequest, e.to_string()).into(),
-                    Ok(req) => {
-                        // Work buffers beyond the frame itself come out of the
-                        // same budget (a 4 KiB delta may build a whole tree).
-                        // Not waited for: a stream holding its frame's share
-                        // while waiting for more could deadlock with others;
-                        // a busy answer only makes the client send blobs whole.
-                        let units = (self.work_memory(&req).div_ceil(MEMORY_UNIT) as u32)
-                            .min((REQUEST_MEMORY / MEMORY_UNIT) as u32);
-                        match units {
-                            0 => self.request(peer, &session, counters, req).await,
-                            n => match self.memory.clone().try_acquire_many_owned(n) {
-                                Ok(_work) => self.request(peer, &session, counters, req).await,
-                                Err(_) => Response::error(
-                                    ErrorCode::Internal,
-                                    "server busy: send the blob whole",
-                                )
-                                .into(),
-                            },
-                        }
-                    }
-                };
-                (answer, Some(permit))
-            }
+        let max_len = match &*session.lock().await {
+            Session::AwaitHello => BEFORE_HELLO_MAX_FRAME,
+            _ => wire::MAX_FRAME,
         };
+        let (answer, _memory) =
+            match read_frame(&mut recv, &self.memory, max_len, self.slow_request).await {
+                Err(FrameError::Bad(why)) => {
+                    (Response::error(ErrorCode::BadRequest, why).into(), None)
+                }
+                Err(FrameError::Stream(e)) => {
+                    tracing::debug!("{peer}: stream failed: {e}");
+                    return;
+                }
+                Ok((bytes, permit)) => {
+                    let answer = match Request::decode(&bytes) {
+                        Err(e) => Response::error(ErrorCode::BadRequest, e.to_string()).into(),
+                        Ok(req) => {
+                            // Work buffers beyond the frame itself come out of the
+                            // same budget (a 4 KiB delta may build a whole tree).
+                            // Not waited for: a stream holding its frame's share
+                            // while waiting for more could deadlock with others;
+                            // a busy answer only makes the client send blobs whole.
+                            let units = (self.work_memory(&req).div_ceil(MEMORY_UNIT) as u32)
+                                .min((REQUEST_MEMORY / MEMORY_UNIT) as u32);
+                            match units {
+                                0 => self.request(peer, &session, counters, req).await,
+                                n => match self.memory.clone().try_acquire_many_owned(n) {
+                                    Ok(_work) => self.request(peer, &session, counters, req).await,
+                                    Err(_) => Response::error(
+                                        ErrorCode::Internal,
+                                        "server busy: send the blob whole",
+                                    )
+                                    .into(),
+                                },
+                            }
+                        }
+                    };
+                    (answer, Some(permit))
+                }
+            };
         let close = matches!(
             answer,
             Answer::Response(Response::Error {
@@ -742,13 +772,16 @@ enum FrameError {
     Stream(String),
 }
 
-/// Reads exactly one request frame and the end of the stream. The length
-/// prefix is checked first and the buffer allocated once at its size, so an
-/// oversized claim costs nothing and a large blob is not copied while the
-/// buffer grows.
+/// Reads exactly one request frame (at most `max_len` bytes) and the end of
+/// the stream. The length prefix is checked first and the buffer allocated
+/// once at its size, so an oversized claim costs nothing and a large blob is
+/// not copied while the buffer grows. The body must arrive within `grace`
+/// plus one second per [`MIN_REQUEST_RATE`] bytes received so far.
 async fn read_frame(
     recv: &mut quinn::RecvStream,
     memory: &Arc<tokio::sync::Semaphore>,
+    max_len: usize,
+    grace: Duration,
 ) -> Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit), FrameError> {
     use quinn::ReadExactError;
     let failed = |e: ReadExactError| match e {
@@ -760,6 +793,11 @@ async fn read_frame(
     let mut header = [0u8; 4];
     recv.read_exact(&mut header).await.map_err(failed)?;
     let len = wire::frame_len(header).map_err(|e| FrameError::Bad(e.to_string()))?;
+    if len > max_len {
+        return Err(FrameError::Bad(format!(
+            "a request of {len} bytes before Hello (at most {max_len})"
+        )));
+    }
     // Twice the frame: the decoded request holds a copy of its blob.
     let units = (2 * (4 + len))
         .div_ceil(MEMORY_UNIT)
@@ -771,7 +809,23 @@ async fn read_frame(
         .map_err(|_| FrameError::Stream("server shutting down".into()))?;
     let mut frame = vec![0u8; 4 + len];
     frame[..4].copy_from_slice(&header);
-    recv.read_exact(&mut frame[4..]).await.map_err(failed)?;
+    let started = tokio::time::Instant::now();
+    let mut got = 0;
+    while got < len {
+        let deadline =
+            started + grace + Duration::from_secs_f64(got as f64 / MIN_REQUEST_RATE as f64);
+        match tokio::time::timeout_at(deadline, recv.read(&mut frame[4 + got..])).await {
+            Err(_) => {
+                return Err(FrameError::Bad(format!(
+                    "too slow: {got} of {len} bytes of the request in {:.0} s",
+                    started.elapsed().as_secs_f64()
+                )));
+            }
+            Ok(Ok(Some(n))) => got += n,
+            Ok(Ok(None)) => return Err(failed(ReadExactError::FinishedEarly(got))),
+            Ok(Err(e)) => return Err(FrameError::Stream(e.to_string())),
+        }
+    }
     match recv.read_chunk(1, true).await {
         Ok(None) => Ok((frame, permit)),
         Ok(Some(_)) => Err(FrameError::Bad("bytes after the request frame".into())),
