@@ -972,6 +972,23 @@ impl Repository for RemoteRepository {
     }
 }
 
+/// A request stream left open by [`RemoteRepository::stall_raw`].
+pub struct RawStream {
+    _send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    runtime: tokio::runtime::Handle,
+}
+
+impl RawStream {
+    /// The server's answer on this stream (when it gives up on it).
+    pub fn answer(mut self) -> Result<Vec<u8>, StoreError> {
+        let recv = &mut self.recv;
+        self.runtime
+            .block_on(recv.read_to_end(wire::MAX_FRAME + 4))
+            .map_err(|e| refused(format!("connection to the server lost: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -997,22 +1014,5 @@ mod tests {
         // 4 MB sent at once from then on take 4 s at this rate.
         let w = t.wait(start + Duration::from_secs(10), 4_000_000);
         assert!((w.as_secs_f64() - (4.1 - 0.25)).abs() < 1e-6, "{w:?}");
-    }
-}
-
-/// A request stream left open by [`RemoteRepository::stall_raw`].
-pub struct RawStream {
-    _send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    runtime: tokio::runtime::Handle,
-}
-
-impl RawStream {
-    /// The server's answer on this stream (when it gives up on it).
-    pub fn answer(mut self) -> Result<Vec<u8>, StoreError> {
-        let recv = &mut self.recv;
-        self.runtime
-            .block_on(recv.read_to_end(wire::MAX_FRAME + 4))
-            .map_err(|e| refused(format!("connection to the server lost: {e}")))
     }
 }
