@@ -425,7 +425,12 @@ fn server_killed_during_backups_loses_nothing_committed_and_the_rerun_sends_only
         }
     }
     fleet.assert_store_whole(None);
-    report("server killed during backup", trials(), interrupted, partial);
+    report(
+        "server killed during backup",
+        trials(),
+        interrupted,
+        partial,
+    );
 }
 
 #[test]
@@ -452,7 +457,12 @@ fn server_killed_during_restores_keeps_the_store_whole_and_the_rerun_fetches_onl
         }
         std::fs::remove_dir_all(&target).unwrap();
     }
-    report("server killed during restore", trials(), interrupted, partial);
+    report(
+        "server killed during restore",
+        trials(),
+        interrupted,
+        partial,
+    );
 }
 
 /// `homesync --repo STORE admin run-job KIND --server-config CONFIG`, the
@@ -532,7 +542,12 @@ fn retention_and_gc_killed_anywhere_leave_every_kept_snapshot_whole_and_finish_n
         // what that run condemned (swept by this one, no session open).
         let again = fleet.store().run(&[OsStr::new("gc")]);
         again.expect_ok();
-        assert_eq!(again.messages("gc")[0]["condemned"], 0, "{}", again.describe());
+        assert_eq!(
+            again.messages("gc")[0]["condemned"],
+            0,
+            "{}",
+            again.describe()
+        );
     }
     fleet.assert_store_whole(None);
     for (kind, n) in interrupted {
@@ -594,7 +609,12 @@ fn client_killed_during_backup_keeps_its_cache_and_the_next_backup_is_whole() {
         std::fs::remove_dir_all(&target).unwrap();
     }
     fleet.assert_store_whole(None);
-    report("client killed during backup", trials(), interrupted, partial);
+    report(
+        "client killed during backup",
+        trials(),
+        interrupted,
+        partial,
+    );
 }
 
 #[test]
@@ -620,5 +640,10 @@ fn client_killed_during_restore_resumes_without_fetching_what_is_in_place() {
         std::fs::remove_dir_all(&target).unwrap();
     }
     fleet.assert_store_whole(None);
-    report("client killed during restore", trials(), interrupted, partial);
+    report(
+        "client killed during restore",
+        trials(),
+        interrupted,
+        partial,
+    );
 }
