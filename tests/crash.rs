@@ -378,13 +378,20 @@ fn report(name: &str, trials: usize, interrupted: usize, partial: usize) {
     );
 }
 
-#[test]
-fn server_killed_during_backups_loses_nothing_committed_and_the_rerun_sends_only_the_rest() {
-    let mut rng = Rng::for_scenario("server-kill-backup");
+/// A fleet with two snapshots, and how long the second backup (of a
+/// day's changes, as each trial makes) took.
+fn backup_fleet(scenario: &str) -> (Rng, Fleet, Duration) {
+    let mut rng = Rng::for_scenario(scenario);
     let mut fleet = Fleet::new(&mut rng);
     fleet.backup();
     change_home(&fleet.src, &mut rng, 0);
     let (_, whole) = timed(|| fleet.backup());
+    (rng, fleet, whole)
+}
+
+#[test]
+fn server_killed_during_backups_loses_nothing_committed_and_the_rerun_sends_only_the_rest() {
+    let (mut rng, mut fleet, whole) = backup_fleet("server-kill-backup");
     let (mut interrupted, mut partial) = (0, 0);
     for trial in 1..=trials() {
         let new = change_home(&fleet.src, &mut rng, trial);
@@ -433,9 +440,10 @@ fn server_killed_during_backups_loses_nothing_committed_and_the_rerun_sends_only
     );
 }
 
-#[test]
-fn server_killed_during_restores_keeps_the_store_whole_and_the_rerun_fetches_only_the_rest() {
-    let mut rng = Rng::for_scenario("server-kill-restore");
+/// Restores of one snapshot, each killed at a random point (the server
+/// with it when `crash_server`), then run again to the end.
+fn restores_killed(scenario: &str, what: &str, crash_server: bool) {
+    let mut rng = Rng::for_scenario(scenario);
     let mut fleet = Fleet::new(&mut rng);
     fleet.backup();
     let want = describe_tree(&fleet.src);
@@ -447,22 +455,27 @@ fn server_killed_during_restores_keeps_the_store_whole_and_the_rerun_fetches_onl
         let target = fleet.tmp.path().join(format!("restore{trial}"));
         let restore = Running::spawn(fleet.restore_command(&target));
         std::thread::sleep(rng.point_of(whole));
-        fleet.crash_server();
+        if crash_server {
+            fleet.crash_server();
+        }
         if restore.kill().is_none() {
             interrupted += 1;
         }
-        fleet.assert_store_whole(None);
+        if crash_server {
+            fleet.assert_store_whole(None);
+        }
         if resume_restore(&fleet, &target, &want, total) > 0 {
             partial += 1;
         }
         std::fs::remove_dir_all(&target).unwrap();
     }
-    report(
-        "server killed during restore",
-        trials(),
-        interrupted,
-        partial,
-    );
+    fleet.assert_store_whole(None);
+    report(what, trials(), interrupted, partial);
+}
+
+#[test]
+fn server_killed_during_restores_keeps_the_store_whole_and_the_rerun_fetches_only_the_rest() {
+    restores_killed("server-kill-restore", "server killed during restore", true);
 }
 
 /// `homesync --repo STORE admin run-job KIND --server-config CONFIG`, the
@@ -557,11 +570,7 @@ fn retention_and_gc_killed_anywhere_leave_every_kept_snapshot_whole_and_finish_n
 
 #[test]
 fn client_killed_during_backup_keeps_its_cache_and_the_next_backup_is_whole() {
-    let mut rng = Rng::for_scenario("client-kill-backup");
-    let mut fleet = Fleet::new(&mut rng);
-    fleet.backup();
-    change_home(&fleet.src, &mut rng, 0);
-    let (_, whole) = timed(|| fleet.backup());
+    let (mut rng, mut fleet, whole) = backup_fleet("client-kill-backup");
     let (mut interrupted, mut partial) = (0, 0);
     for trial in 1..=trials() {
         let new = change_home(&fleet.src, &mut rng, 2 * trial);
@@ -619,31 +628,5 @@ fn client_killed_during_backup_keeps_its_cache_and_the_next_backup_is_whole() {
 
 #[test]
 fn client_killed_during_restore_resumes_without_fetching_what_is_in_place() {
-    let mut rng = Rng::for_scenario("client-kill-restore");
-    let mut fleet = Fleet::new(&mut rng);
-    fleet.backup();
-    let want = describe_tree(&fleet.src);
-    let first = fleet.tmp.path().join("restore0");
-    let (run, whole) = timed(|| fleet.client().restore_latest(&first));
-    let total = run.summary_u64("bytes_restored");
-    let (mut interrupted, mut partial) = (0, 0);
-    for trial in 1..=trials() {
-        let target = fleet.tmp.path().join(format!("restore{trial}"));
-        let restore = Running::spawn(fleet.restore_command(&target));
-        std::thread::sleep(rng.point_of(whole));
-        if restore.kill().is_none() {
-            interrupted += 1;
-        }
-        if resume_restore(&fleet, &target, &want, total) > 0 {
-            partial += 1;
-        }
-        std::fs::remove_dir_all(&target).unwrap();
-    }
-    fleet.assert_store_whole(None);
-    report(
-        "client killed during restore",
-        trials(),
-        interrupted,
-        partial,
-    );
+    restores_killed("client-kill-restore", "client killed during restore", false);
 }
