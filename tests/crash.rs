@@ -89,6 +89,7 @@ impl Rng {
 /// stalls it), to be killed or waited for.
 struct Running {
     child: Child,
+    started: Instant,
     out: std::thread::JoinHandle<String>,
     err: std::thread::JoinHandle<String>,
 }
@@ -109,7 +110,27 @@ impl Running {
         };
         let out = collect(Box::new(child.stdout.take().unwrap()));
         let err = collect(Box::new(child.stderr.take().unwrap()));
-        Running { child, out, err }
+        Running {
+            child,
+            started: Instant::now(),
+            out,
+            err,
+        }
+    }
+
+    /// Lets the child run up to a random point of `whole` after its
+    /// start. When it ends sooner (the machine got less busy than when
+    /// `whole` was measured), `whole` becomes what it took, so that later
+    /// kills keep landing inside the operation.
+    fn run_to_random_point(&mut self, rng: &mut Rng, whole: &mut Duration) {
+        let point = rng.point_of(*whole);
+        while self.started.elapsed() < point {
+            if self.child.try_wait().unwrap().is_some() {
+                *whole = self.started.elapsed();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGKILLs the child (if it still runs) and returns how it ended:
@@ -391,14 +412,14 @@ fn backup_fleet(scenario: &str) -> (Rng, Fleet, Duration) {
 
 #[test]
 fn server_killed_during_backups_loses_nothing_committed_and_the_rerun_sends_only_the_rest() {
-    let (mut rng, mut fleet, whole) = backup_fleet("server-kill-backup");
+    let (mut rng, mut fleet, mut whole) = backup_fleet("server-kill-backup");
     let (mut interrupted, mut partial) = (0, 0);
     for trial in 1..=trials() {
         let new = change_home(&fleet.src, &mut rng, trial);
         let now = describe_tree(&fleet.src);
         let before = stored_bytes(&fleet.store().repo);
-        let backup = Running::spawn(fleet.backup_command());
-        std::thread::sleep(rng.point_of(whole));
+        let mut backup = Running::spawn(fleet.backup_command());
+        backup.run_to_random_point(&mut rng, &mut whole);
         fleet.crash_server();
         // A client whose server vanished waits out the QUIC idle timeout
         // (30 s) before it fails; the store sees nothing of that wait, so
@@ -448,13 +469,13 @@ fn restores_killed(scenario: &str, what: &str, crash_server: bool) {
     fleet.backup();
     let want = describe_tree(&fleet.src);
     let first = fleet.tmp.path().join("restore0");
-    let (run, whole) = timed(|| fleet.client().restore_latest(&first));
+    let (run, mut whole) = timed(|| fleet.client().restore_latest(&first));
     let total = run.summary_u64("bytes_restored");
     let (mut interrupted, mut partial) = (0, 0);
     for trial in 1..=trials() {
         let target = fleet.tmp.path().join(format!("restore{trial}"));
-        let restore = Running::spawn(fleet.restore_command(&target));
-        std::thread::sleep(rng.point_of(whole));
+        let mut restore = Running::spawn(fleet.restore_command(&target));
+        restore.run_to_random_point(&mut rng, &mut whole);
         if crash_server {
             fleet.crash_server();
         }
@@ -529,16 +550,16 @@ fn retention_and_gc_killed_anywhere_leave_every_kept_snapshot_whole_and_finish_n
         }
     };
     round(&mut fleet, &mut rng, 0);
-    let retention = run_job(&fleet, "retention", &config);
+    let mut retention = run_job(&fleet, "retention", &config);
     round(&mut fleet, &mut rng, 1);
     run_job(&fleet, "retention", &config);
-    let gc = run_job(&fleet, "gc", &config);
+    let mut gc = run_job(&fleet, "gc", &config);
     let mut interrupted = BTreeMap::from([("retention", 0), ("gc", 0)]);
     for trial in 1..=trials() {
         round(&mut fleet, &mut rng, trial + 1);
-        for (kind, whole) in [("retention", retention), ("gc", gc)] {
-            let job = Running::spawn(job_command(&fleet, kind, &config));
-            std::thread::sleep(rng.point_of(whole));
+        for (kind, whole) in [("retention", &mut retention), ("gc", &mut gc)] {
+            let mut job = Running::spawn(job_command(&fleet, kind, &config));
+            job.run_to_random_point(&mut rng, whole);
             match job.kill() {
                 None => *interrupted.get_mut(kind).unwrap() += 1,
                 Some((code, out, err)) => {
@@ -570,14 +591,14 @@ fn retention_and_gc_killed_anywhere_leave_every_kept_snapshot_whole_and_finish_n
 
 #[test]
 fn client_killed_during_backup_keeps_its_cache_and_the_next_backup_is_whole() {
-    let (mut rng, mut fleet, whole) = backup_fleet("client-kill-backup");
+    let (mut rng, mut fleet, mut whole) = backup_fleet("client-kill-backup");
     let (mut interrupted, mut partial) = (0, 0);
     for trial in 1..=trials() {
         let new = change_home(&fleet.src, &mut rng, 2 * trial);
         let then = describe_tree(&fleet.src);
         let before = stored_bytes(&fleet.store().repo);
-        let backup = Running::spawn(fleet.backup_command());
-        std::thread::sleep(rng.point_of(whole));
+        let mut backup = Running::spawn(fleet.backup_command());
+        backup.run_to_random_point(&mut rng, &mut whole);
         let committed = match backup.kill() {
             None => {
                 interrupted += 1;
