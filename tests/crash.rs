@@ -395,7 +395,7 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
 fn report(name: &str, trials: usize, interrupted: usize, partial: usize) {
     eprintln!(
         "{name}: {trials} trials, {interrupted} killed mid-operation, \
-         {partial} with part of the work stored before the kill"
+         {partial} with part of the work done (stored, restored) before the kill"
     );
 }
 
