@@ -22,8 +22,15 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path) -> Server {
+        Homesync::new(dir.join("store")).init();
+        Self::reopen(dir)
+    }
+
+    /// `homesync serve` on the store `dir/store` that already exists: the
+    /// restart after a crash (the certificate is the store's, so the
+    /// fingerprint stays; the port is a new one).
+    pub fn reopen(dir: &Path) -> Server {
         let store = Homesync::new(dir.join("store"));
-        store.init();
         let mut cmd = Command::new(bin());
         cmd.args(["--json", "--repo"]).arg(dir.join("store")).args([
             "serve",
