@@ -42,7 +42,7 @@ impl Server {
 
     /// `homesync serve --server-config DIR/server.toml` with `store =
     /// "store"` and `extra` (an `[s3]` table, say) in the file; the store
-    /// is created by the server. The file stays for [`Server::restart`].
+    /// is created by the server. The file stays for [`Server::start_config`].
     pub fn start_with_config(dir: &Path, extra: &str) -> Server {
         let config = dir.join("server.toml");
         std::fs::write(&config, format!("store = \"store\"\n{extra}")).unwrap();
