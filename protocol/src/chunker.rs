@@ -196,10 +196,16 @@ mod tests {
             let before: std::collections::HashSet<Vec<u8>> =
                 p.cut(&data, true).into_iter().map(|r| data[r].to_vec()).collect();
             let after: Vec<Vec<u8>> = p.cut(&edited, true).into_iter().map(|r| edited[r].to_vec()).collect();
+            // Only the chunks around the edit are new, never a reshuffle of
+            // the whole file. Cut points resync within a few chunks, but
+            // "a few" has a tail: a cut is searched for from `min` past the
+            // previous one, so a shifted start can miss the old cut several
+            // times in a row, and forced cuts at `max` carry no anchor (the
+            // bound was 3 x max until seeds 14518901957106370292 and
+            // 14511369567785361739 took 4-5 chunks). Half the file new would
+            // still fail it.
             let new_bytes: usize = after.iter().filter(|c| !before.contains(*c)).map(|c| c.len()).sum();
-            // Only the chunks around the edit are new: at most a few max-size chunks,
-            // never a reshuffle of the whole file.
-            prop_assert!(new_bytes <= 3 * p.max as usize, "{} new bytes", new_bytes);
+            prop_assert!(new_bytes <= 8 * p.max as usize, "{} new bytes", new_bytes);
         }
     }
 }
