@@ -46,6 +46,10 @@ const MIN_PART: u64 = 5 << 20;
 const WINDOW: u64 = 1 << 20;
 /// Windows kept (64 MiB).
 const WINDOWS_KEPT: usize = 64;
+/// Reads spanning fewer windows than this go through the window cache
+/// (whole windows fetched, so a blob read and its neighbours' cost Garage
+/// each block once); larger ones are read as they are.
+const SPAN_WINDOWS: u64 = 5;
 
 /// Recently read windows of packs, least recently used first out.
 #[derive(Default)]
@@ -595,15 +599,15 @@ impl S3Backend {
         Ok(bytes)
     }
 
-    /// Up to [`WINDOW`] bytes of `key` from `start` (fewer at its end).
-    fn get_window(&self, key: &str, start: u64) -> Result<Vec<u8>, StoreError> {
+    /// Up to `n` bytes of `key` from `start` (fewer at its end).
+    fn get_span(&self, key: &str, start: u64, n: u64) -> Result<Vec<u8>, StoreError> {
         let url = GetObject::new(&self.bucket, Some(&self.credentials), key).sign(SIGNED_FOR);
         self.with_retries("reading", key, || {
             let req = self
                 .agent
                 .get(url.as_str())
-                .header("Range", format!("bytes={start}-{}", start + WINDOW - 1));
-            Self::body(req.call(), WINDOW).map(|(b, _)| b)
+                .header("Range", format!("bytes={start}-{}", start + n - 1));
+            Self::body(req.call(), n).map(|(b, _)| b)
         })
     }
 
@@ -699,34 +703,53 @@ impl PackBackend for S3Backend {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let start = offset / WINDOW * WINDOW;
-        if offset + len as u64 > start + WINDOW {
-            // Large, or across a window boundary: read just the range.
+        let (first, last) = (offset / WINDOW, (offset + len as u64 - 1) / WINDOW);
+        if last - first >= SPAN_WINDOWS {
+            // Large: read just the range.
             return self.get(&self.pack_key(name), Some((offset, len)));
         }
-        let key = (name.to_string(), start);
-        let cached = crate::store::lock(&self.windows).get(&key);
-        let window = match cached {
-            Some(w) => w,
-            None => {
-                // The window may run past the pack's end: ask for it and take
-                // what there is (S3 answers a range past the end with the rest).
-                let w = std::sync::Arc::new(self.get_window(&self.pack_key(name), start)?);
-                crate::store::lock(&self.windows).put(key, w.clone());
-                w
-            }
+        let mut windows: Vec<Option<std::sync::Arc<Vec<u8>>>> = {
+            let mut cache = crate::store::lock(&self.windows);
+            (first..=last)
+                .map(|w| cache.get(&(name.to_string(), w * WINDOW)))
+                .collect()
         };
-        let from = (offset - start) as usize;
-        window
-            .get(from..from + len)
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| StoreError::Io {
+        if let (Some(lo), Some(hi)) = (
+            windows.iter().position(Option::is_none),
+            windows.iter().rposition(Option::is_none),
+        ) {
+            // The windows missing, and any cached between them, in one GET;
+            // it may come back short at the pack's end (S3 answers a range
+            // past the end with what there is).
+            let start = (first + lo as u64) * WINDOW;
+            let span = self.get_span(&self.pack_key(name), start, (hi - lo + 1) as u64 * WINDOW)?;
+            let mut cache = crate::store::lock(&self.windows);
+            for (k, piece) in span.chunks(WINDOW as usize).enumerate() {
+                let w = std::sync::Arc::new(piece.to_vec());
+                cache.put((name.to_string(), start + k as u64 * WINDOW), w.clone());
+                windows[lo + k] = Some(w);
+            }
+        }
+        let mut out = Vec::with_capacity(len);
+        for (k, w) in windows.iter().enumerate() {
+            let base = (first + k as u64) * WINDOW;
+            let w = w.as_deref().map(Vec::as_slice).unwrap_or_default();
+            let from = offset.saturating_sub(base) as usize;
+            let to = ((offset + len as u64 - base) as usize).min(w.len());
+            if from < to {
+                out.extend_from_slice(&w[from..to]);
+            }
+        }
+        if out.len() != len {
+            return Err(StoreError::Io {
                 context: format!("reading pack {name} in {}", self.config.describe()),
                 source: io::Error::new(
                     ErrorKind::UnexpectedEof,
                     format!("{len} bytes at {offset} asked, the pack is shorter"),
                 ),
-            })
+            });
+        }
+        Ok(out)
     }
 
     fn read(&self, name: &str) -> Result<Vec<u8>, StoreError> {
