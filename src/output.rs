@@ -35,10 +35,21 @@ fn path_fields(m: &mut Map<String, Value>, key: &str, bytes: &[u8]) {
     }
 }
 
-/// Bytes shown to a person: valid UTF-8 as is, other bytes as `\xNN`.
+/// Bytes shown to a person: valid UTF-8 as is but control characters,
+/// which are shown, like other bytes that are not UTF-8, as `\xNN` (or
+/// `\u{N}`): a file name from a hostile snapshot must not move the cursor,
+/// clear the screen or retitle the terminal of whoever lists it.
 fn escaped(bytes: &[u8]) -> String {
     bytes.utf8_chunks().fold(String::new(), |mut s, c| {
-        s.push_str(c.valid());
+        for ch in c.valid().chars() {
+            match ch {
+                c if c.is_control() && (c as u32) < 0x100 => {
+                    s.push_str(&format!("\\x{:02x}", c as u32))
+                }
+                c if c.is_control() => s.push_str(&format!("\\u{{{:x}}}", c as u32)),
+                c => s.push(c),
+            }
+        }
         for b in c.invalid() {
             s.push_str(&format!("\\x{b:02x}"));
         }
@@ -777,6 +788,17 @@ impl Out {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_shown_to_a_person_carry_no_control_characters() {
+        assert_eq!(escaped(b"plain name.txt"), "plain name.txt");
+        assert_eq!(escaped("caf\u{e9}".as_bytes()), "caf\u{e9}");
+        assert_eq!(
+            escaped(b"evil\x1b]0;owned\x07\r\nname\xff"),
+            "evil\\x1b]0;owned\\x07\\x0d\\x0aname\\xff"
+        );
+        assert_eq!(escaped("a\u{9b}b".as_bytes()), "a\\x9bb");
+    }
 
     #[test]
     fn times_format_for_any_year() {
