@@ -336,7 +336,9 @@ impl Out {
             r.packs_listed, r.packs_added, r.blobs_added, r.packs_dropped
         );
         for (name, why) in &r.bad_packs {
-            println!("unreadable pack {name}: {why}");
+            println!(
+                "damaged pack {name}: {why} (its blobs are not indexed; garbage collection will delete it: copy it away first to keep it)"
+            );
         }
         for id in &r.snapshots_dropped {
             println!("snapshot {} dropped: its blobs are gone", id.short());

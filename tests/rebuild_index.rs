@@ -150,3 +150,30 @@ fn a_deleted_index_is_rebuilt_from_the_packs_and_collected_snapshots_stay_gone()
     assert_eq!(snapshot_ids(&hs), vec![new.clone()]);
     hs.run(&[arg("check"), arg("--read-data")]).expect_ok();
 }
+
+/// Found in review: a pack that could not be *read* (here a directory where
+/// a pack file should be: EISDIR, as a dropped connection or a dead node
+/// would be for a bucket) was reported and skipped, and the index written
+/// without its blobs, so garbage collection would then delete it as an
+/// orphan. Now the rebuild fails, naming the pack, and writes nothing.
+#[test]
+fn a_pack_that_cannot_be_read_fails_the_rebuild_and_replaces_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hs = Homesync::new(tmp.path().join("store"));
+    hs.init();
+    let src = tmp.path().join("src");
+    write_file(&src.join("a.bin"), &random_bytes(5, 1 << 20));
+    hs.backup(&src, &[]).expect_ok();
+    let name = "ab".repeat(32);
+    std::fs::create_dir_all(tmp.path().join(format!("store/packs/ab/{name}"))).unwrap();
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(tmp.path().join(format!("store/index.sqlite{ext}")));
+    }
+    let run = hs.run(&[arg("admin"), arg("rebuild-index")]);
+    run.expect_code(1);
+    assert!(run.stdout.contains(&name), "{}", run.stdout);
+    assert!(!tmp.path().join("store/index.sqlite").exists());
+    // Once the pack is readable again (here: gone), the rebuild succeeds.
+    std::fs::remove_dir(tmp.path().join(format!("store/packs/ab/{name}"))).unwrap();
+    assert_eq!(rebuild(&hs, &[])["snapshots"], 1);
+}

@@ -60,8 +60,10 @@ pub struct RebuildReport {
     pub packs_added: u64,
     /// Packs the copy named that are gone.
     pub packs_dropped: u64,
-    /// Packs whose trailer could not be read, with why (their blobs are
-    /// not indexed: `check` will name what they held).
+    /// Packs whose trailer is damaged, with why: their blobs are not
+    /// indexed, and garbage collection deletes them as orphans (copy them
+    /// away first to keep them). A pack that could not be *read* (I/O,
+    /// network) fails the rebuild instead.
     pub bad_packs: Vec<(String, String)>,
     pub blobs_added: u64,
     pub snapshots_added: u64,
@@ -150,9 +152,17 @@ pub fn rebuild_index(dir: &Path, opts: &RebuildOptions) -> Result<RebuildReport,
                         .map(|e| (name.clone(), *e)),
                 );
             }
-            Err(why) => {
+            // Damaged: its blobs stay unindexed, the report names it.
+            Err(Unreadable::Damaged(why)) => {
                 tracing::warn!("pack {name}: {why}");
                 report.bad_packs.push((name.clone(), why));
+            }
+            // Not read (a dropped connection, a node down): an index without
+            // the pack's blobs would let garbage collection delete the pack
+            // as an orphan. Nothing is replaced; run it again.
+            Err(Unreadable::Io(e)) => {
+                remove_db(&tmp)?;
+                return Err(e);
             }
         }
     }
@@ -284,7 +294,15 @@ fn remove_db(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-type TrailerRead = Result<(u64, Vec<PackEntry>), String>;
+/// Why a pack's trailer was not read.
+enum Unreadable {
+    /// The bytes are there but are not a pack's.
+    Damaged(String),
+    /// The backend could not be read.
+    Io(StoreError),
+}
+
+type TrailerRead = Result<(u64, Vec<PackEntry>), Unreadable>;
 
 /// The size and trailer of each pack, read on [`READERS`] threads; a pack
 /// that cannot be read says why.
@@ -300,7 +318,7 @@ fn read_trailers<'a>(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(name) = names.get(i) else { return };
-                    let r = read_trailer(backend, name).map_err(|e| e.to_string());
+                    let r = read_trailer(backend, name);
                     store::lock(&out).push((*name, r));
                 }
             });
@@ -311,24 +329,27 @@ fn read_trailers<'a>(
     out
 }
 
-fn read_trailer(backend: &dyn PackBackend, name: &str) -> Result<(u64, Vec<PackEntry>), String> {
+fn read_trailer(backend: &dyn PackBackend, name: &str) -> TrailerRead {
+    let damaged = |e: pack::PackError| Unreadable::Damaged(e.to_string());
     let size = backend
         .size(name)
-        .map_err(|e| e.to_string())?
-        .ok_or("gone while being read")?;
+        .map_err(Unreadable::Io)?
+        .ok_or_else(|| {
+            Unreadable::Io(StoreError::Refused(format!(
+                "pack {name} went away while the index was rebuilt: is a server still running on this store?"
+            )))
+        })?;
     if size < (pack::HEADER_LEN + pack::FOOTER_LEN) as u64 {
-        return Err(pack::PackError::Truncated(size as usize).to_string());
+        return Err(damaged(pack::PackError::Truncated(size as usize)));
     }
     let header = backend
         .read_at(name, 0, pack::HEADER_LEN)
-        .map_err(|e| e.to_string())?;
+        .map_err(Unreadable::Io)?;
     let footer = backend
         .read_at(name, size - pack::FOOTER_LEN as u64, pack::FOOTER_LEN)
-        .map_err(|e| e.to_string())?;
-    let (start, len) = pack::trailer_span(&header, &footer, size).map_err(|e| e.to_string())?;
-    let trailer = backend
-        .read_at(name, start, len)
-        .map_err(|e| e.to_string())?;
-    let entries = pack::parse_trailer(&trailer, start).map_err(|e| e.to_string())?;
+        .map_err(Unreadable::Io)?;
+    let (start, len) = pack::trailer_span(&header, &footer, size).map_err(damaged)?;
+    let trailer = backend.read_at(name, start, len).map_err(Unreadable::Io)?;
+    let entries = pack::parse_trailer(&trailer, start).map_err(damaged)?;
     Ok((size, entries))
 }

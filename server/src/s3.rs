@@ -191,25 +191,13 @@ impl S3Config {
             && norm_prefix(&self.prefix) == norm_prefix(&other.prefix)
     }
 
-    /// The same place without secrets or tuning: what `backend.toml` keeps.
+    /// The same config without its secrets: what `backend.toml` keeps.
     pub fn location(&self) -> S3Config {
         S3Config {
             access_key_id: None,
             secret_access_key: None,
-            ..S3Config::new(&self.endpoint, &self.region, &self.bucket)
+            ..self.clone()
         }
-        .with_prefix(&self.prefix)
-        .with_style(self.virtual_host)
-    }
-
-    fn with_prefix(mut self, prefix: &str) -> S3Config {
-        self.prefix = prefix.into();
-        self
-    }
-
-    fn with_style(mut self, virtual_host: bool) -> S3Config {
-        self.virtual_host = virtual_host;
-        self
     }
 
     /// Checks the values a TOML file may hold but S3 does not accept.
