@@ -16,6 +16,7 @@ pub mod exclude;
 pub mod filecache;
 pub mod meta;
 pub mod owners;
+mod pending_file;
 pub mod power;
 pub mod progress;
 pub mod remote;

@@ -217,10 +217,8 @@ impl RemoteRepository {
         let mut transport = quinn::TransportConfig::default();
         // Keep a quiet session (a long scan) alive through NATs.
         transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
-        // Probe for paths that carry datagrams larger than 1452 bytes (loopback,
-        // jumbo-frame LANs): every packet costs CPU on both ends.
         let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(16_384);
+        mtu.upper_bound(wire::MAX_UDP_PAYLOAD);
         transport.mtu_discovery_config(Some(mtu));
         config.transport_config(Arc::new(transport));
         let bind: SocketAddr = if addr.is_ipv6() {
@@ -231,14 +229,13 @@ impl RemoteRepository {
         .parse()
         .expect("literal");
         let _guard = runtime.enter();
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config
+            .max_udp_payload_size(wire::MAX_UDP_PAYLOAD)
+            .map_err(|e| refused(format!("QUIC setup: {e}")))?;
         let mut endpoint = udp_socket(bind)
             .and_then(|socket| {
-                quinn::Endpoint::new(
-                    quinn::EndpointConfig::default(),
-                    None,
-                    socket,
-                    Arc::new(quinn::TokioRuntime),
-                )
+                quinn::Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))
             })
             .map_err(|source| ClientError::Io {
                 path: "QUIC client socket".into(),
@@ -724,6 +721,14 @@ impl Buffers {
 impl Drop for RemoteRepository {
     fn drop(&mut self) {
         let _ = self.drain();
+        let stats = self.conn.stats();
+        tracing::debug!(
+            mtu = stats.path.current_mtu,
+            datagrams_received = stats.udp_rx.datagrams,
+            datagrams_sent = stats.udp_tx.datagrams,
+            lost_packets = stats.path.lost_packets,
+            "QUIC path"
+        );
         self.conn.close(0u32.into(), b"done");
         let endpoint = self.endpoint.clone();
         self.runtime.block_on(async move {

@@ -1,6 +1,6 @@
 //! Restore: snapshot -> plan (tree walk) -> directories -> file contents in
-//! parallel (temporary name, then rename) -> links and special files ->
-//! directory metadata last, deepest first.
+//! parallel (unnamed until complete: see [`crate::pending_file`]) -> links
+//! and special files -> directory metadata last, deepest first.
 //!
 //! Ordered for use. First the login files (small files below the hidden
 //! entries at the top of the snapshot and of each home: `.bashrc`,
@@ -13,9 +13,10 @@
 //! point follows the login files found in it.)
 //!
 //! Resumable: a file already at its place with the snapshot's size, mtime
-//! and mode was completed by an earlier run (files are renamed into place
-//! only after contents and metadata), so it is not fetched again;
-//! temporary files an interrupted run left are removed.
+//! and mode was completed by an earlier run (files get their names only
+//! after contents and metadata), so it is not fetched again; temporary
+//! files an interrupted run left (where unnamed files are not available)
+//! are removed.
 //!
 //! Safety: nothing read from the store is trusted. Names were validated
 //! when trees were decoded; every directory is opened with `openat2` and
@@ -26,6 +27,7 @@
 use crate::browse::{self, join, split_path};
 use crate::error::{ClientError, EntryError};
 use crate::owners::Owners;
+use crate::pending_file::{self, PendingFile};
 use crate::progress::Progress;
 use homesync_protocol::blob::MAX_PLAIN_LEN;
 use homesync_protocol::{BlobKind, ChunkId, Node, NodeKind, Repository, Snapshot, StoreError};
@@ -242,8 +244,6 @@ fn claim(sh: &mut Shared, id: ChunkId) -> Claim {
 /// Bytes of shared chunks kept at most; beyond it they are fetched again.
 const SHARED_BUDGET: usize = 256 << 20;
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// Workers restoring files of one chunk (most files), a group at a time:
 /// a group's chunks come in one round trip to a server (one `GetBatch`
 /// stream), so a few workers keep the link and the disk busy...
@@ -288,14 +288,6 @@ fn small_groups<'i, 'a>(small: &'i [&'a Item]) -> Vec<&'i [&'a Item]> {
         rest = tail;
     }
     groups
-}
-
-fn tmp_name() -> String {
-    format!(
-        ".homesync-{}-{}.tmp",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Relaxed)
-    )
 }
 
 fn split_parent(rel: &[u8]) -> (&[u8], &[u8]) {
@@ -688,7 +680,7 @@ impl Restorer<'_> {
 
     /// Whether an earlier run completed this file: a regular file at its
     /// place with the snapshot's size, mtime and permission bits (contents
-    /// and metadata are set before a file is renamed into place).
+    /// and metadata are set before a file gets its name).
     fn already_restored(&self, rel: &[u8], node: &Node) -> bool {
         let (parent, name) = split_parent(rel);
         let Ok(dir) = self.open_dir(parent) else {
@@ -713,10 +705,7 @@ impl Restorer<'_> {
         };
         while let Some(Ok(e)) = entries.next() {
             let name = e.file_name().to_bytes();
-            if name.starts_with(b".homesync-")
-                && name.ends_with(b".tmp")
-                && !keep.contains(join(rel, name).as_slice())
-            {
+            if pending_file::is_leftover(name) && !keep.contains(join(rel, name).as_slice()) {
                 let _ = rustix::fs::unlinkat(&dir, os(name), AtFlags::empty());
             }
         }
@@ -827,25 +816,17 @@ impl Restorer<'_> {
         node: &Node,
         first: Option<Result<Vec<u8>, Fail>>,
     ) -> Result<(), Fail> {
-        let tmp = tmp_name();
-        let fd = rustix::fs::openat(
-            dir,
-            tmp.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )?;
-        let file = File::from(fd);
+        let pending = PendingFile::create(dir)?;
         // Verified contents are kept even if some metadata cannot be set
         // (an xattr namespace this user may not write, a file system
-        // without xattrs): the file is renamed into place and the metadata
+        // without xattrs): the file is put in place and the metadata
         // failure reported on its own.
-        let written = self.write_contents(&file, node, first).and_then(|n| {
-            let meta = self.apply_meta_fd(&file, node);
-            rustix::fs::renameat(dir, tmp.as_str(), dir, os(name))?;
-            Ok((n, meta))
-        });
+        let written = self
+            .write_contents(pending.file(), node, first)
+            .map(|n| (n, self.apply_meta_fd(pending.file(), node)));
         match written {
             Ok((n, meta)) => {
+                pending.publish(dir, os(name))?;
                 self.files.fetch_add(1, Relaxed);
                 self.bytes.fetch_add(n, Relaxed);
                 self.progress.files_done.fetch_add(1, Relaxed);
@@ -855,7 +836,7 @@ impl Restorer<'_> {
                 })
             }
             Err(e) => {
-                let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
+                pending.discard(dir);
                 Err(e)
             }
         }

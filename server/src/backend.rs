@@ -5,8 +5,7 @@
 
 use homesync_protocol::StoreError;
 use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 pub trait PackBackend: Send + Sync {
@@ -98,12 +97,23 @@ impl PackBackend for LocalDir {
 
     fn read_at(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
         let path = self.path(name);
-        let f = File::open(&path).map_err(io(format!("opening pack {}", path.display())))?;
-        let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, offset).map_err(io(format!(
-            "reading {len} bytes at {offset} of pack {}",
-            path.display()
-        )))?;
+        let mut f = File::open(&path).map_err(io(format!("opening pack {}", path.display())))?;
+        // Read into fresh capacity (`read_to_end` does not zero it first,
+        // as `vec![0; len]` would: restores read gigabytes this way).
+        let mut buf = Vec::with_capacity(len);
+        f.seek(std::io::SeekFrom::Start(offset))
+            .and_then(|_| (&mut f).take(len as u64).read_to_end(&mut buf))
+            .and_then(|n| match n == len {
+                true => Ok(()),
+                false => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the pack ends after {n} bytes"),
+                )),
+            })
+            .map_err(io(format!(
+                "reading {len} bytes at {offset} of pack {}",
+                path.display()
+            )))?;
         Ok(buf)
     }
 

@@ -114,10 +114,8 @@ pub fn endpoint(
     // 4 MiB per connection still fills a 100 ms path at 40 MB/s.
     transport.receive_window((4u32 << 20).into());
     transport.stream_receive_window((2u32 << 20).into());
-    // Probe for paths that carry datagrams larger than 1452 bytes (loopback,
-    // jumbo-frame LANs): every packet costs CPU on both ends.
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(16_384);
+    mtu.upper_bound(wire::MAX_UDP_PAYLOAD);
     transport.mtu_discovery_config(Some(mtu));
     transport.max_idle_timeout(Some(
         limits.idle_timeout.try_into().map_err(|e| refused(&e))?,
@@ -127,8 +125,12 @@ pub fn endpoint(
         context: format!("listening on {listen}"),
         source,
     };
+    let mut endpoint = quinn::EndpointConfig::default();
+    endpoint
+        .max_udp_payload_size(wire::MAX_UDP_PAYLOAD)
+        .map_err(|e| refused(&e))?;
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint,
         Some(config),
         udp_socket(listen).map_err(io)?,
         Arc::new(quinn::TokioRuntime),
@@ -346,6 +348,18 @@ impl Service {
                 _ => None,
             };
             let stats = conn.stats();
+            tracing::debug!(
+                mtu = stats.path.current_mtu,
+                datagrams_sent = stats.udp_tx.datagrams,
+                ios_sent = stats.udp_tx.ios,
+                bytes_sent = stats.udp_tx.bytes,
+                lost_packets = stats.path.lost_packets,
+                black_holes = stats.path.black_holes_detected,
+                probes_sent = stats.path.sent_plpmtud_probes,
+                probes_lost = stats.path.lost_plpmtud_probes,
+                congestion_events = stats.path.congestion_events,
+                "{peer}: QUIC path"
+            );
             let get = |c: &AtomicU64| c.load(Relaxed);
             report(&SessionReport {
                 peer: peer.to_string(),
@@ -423,13 +437,14 @@ impl Service {
         if let Answer::Response(Response::Error { code, message }) = &answer {
             tracing::warn!("{peer}: {code:?}: {message}");
         }
-        let frame = match answer {
-            Answer::Response(r) => r.encode(),
-            Answer::Frame(f) => f,
-        };
         // Handed over whole: `write_all` would copy the answer into
         // quinn's buffers once more.
-        let _ = send.write_chunk(frame.into()).await;
+        let mut parts = match answer {
+            Answer::Response(r) => vec![r.encode().into()],
+            Answer::Frame(f) => vec![f.into()],
+            Answer::Parts(p) => p,
+        };
+        let _ = send.write_all_chunks(&mut parts).await;
         let _ = send.finish();
         if close {
             // Bad input ends the connection, after the answer is delivered.
@@ -546,9 +561,9 @@ impl Service {
         }
     }
 
-    /// `GetBatch`: the blobs as stored (see `Store::read_blob`), encoded
-    /// straight from the buffers they were read into, without a copy of
-    /// each into a list of its own.
+    /// `GetBatch`: the blobs as stored (see `Store::read_blob`), sent
+    /// straight from the buffers they were read into, never copied into a
+    /// frame (see [`wire::encode_blobs_parts`]).
     fn get_batch(&self, p: &Principal, ids: &[homesync_protocol::BlobId], kind: u8) -> Answer {
         let Some(kind) = BlobKind::from_u8(kind) else {
             return Response::error(ErrorCode::BadRequest, "unknown blob kind").into();
@@ -557,7 +572,7 @@ impl Service {
             Ok(list) => list,
             Err(e) => return Response::error(error_code(&e), e.to_string()).into(),
         };
-        let list: Vec<GotBlobRef> = list
+        let entries: Vec<GotBlobRef> = list
             .iter()
             .map(|r| match r {
                 Ok(blob) => GotBlobRef::Blob(blob),
@@ -570,7 +585,17 @@ impl Service {
                 }
             })
             .collect();
-        Answer::Frame(wire::encode_blobs(&list))
+        let parts = wire::encode_blobs_parts(&entries)
+            .into_iter()
+            .map(|part| match part {
+                wire::FramePart::Made(bytes) => bytes::Bytes::from(bytes),
+                wire::FramePart::Blob(i) => match &list[i] {
+                    Ok(blob) => blob.clone(),
+                    Err(_) => unreachable!("entry {i} is an error, encoded in place"),
+                },
+            })
+            .collect();
+        Answer::Parts(parts)
     }
 
     /// Memory a request may need while served, beyond its frame: a delta's
@@ -747,6 +772,8 @@ impl Service {
 enum Answer {
     Response(Response),
     Frame(Vec<u8>),
+    /// A frame in pieces (see [`Service::get_batch`]).
+    Parts(Vec<bytes::Bytes>),
 }
 
 impl From<Response> for Answer {

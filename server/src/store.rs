@@ -748,13 +748,10 @@ impl Store {
                 .read_at(&first.pack, start, (stop - start) as usize)
             {
                 Ok(span) => {
-                    let span = Arc::new(span);
+                    let span = Encoded::from(span);
                     for (i, l) in run {
                         let at = (l.offset - start) as usize;
-                        out[*i] = Some(Ok(Encoded {
-                            buf: span.clone(),
-                            at: at..at + l.length as usize,
-                        }));
+                        out[*i] = Some(Ok(span.slice(at..at + l.length as usize)));
                     }
                 }
                 // A pack moved by garbage collection meanwhile, or damaged:
@@ -782,26 +779,7 @@ impl Store {
 /// An encoded blob as read: a part of a buffer that may hold its
 /// neighbours too (one `pread` for several blobs of a pack), so that
 /// sending it needs no copy of its own.
-pub struct Encoded {
-    buf: Arc<Vec<u8>>,
-    at: std::ops::Range<usize>,
-}
-
-impl std::ops::Deref for Encoded {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.buf[self.at.clone()]
-    }
-}
-
-impl From<Vec<u8>> for Encoded {
-    fn from(bytes: Vec<u8>) -> Encoded {
-        Encoded {
-            at: 0..bytes.len(),
-            buf: Arc::new(bytes),
-        }
-    }
-}
+pub type Encoded = bytes::Bytes;
 
 /// Blobs of one pack this close together are read with one `pread`.
 const READ_GAP: u64 = 64 << 10;
