@@ -288,6 +288,7 @@ pub(crate) fn remote_options(cli: &Cli) -> anyhow::Result<Option<RemoteOptions>>
         server,
         fingerprint,
         credential,
+        bulk_download: matches!(cli.command, Command::Restore { .. }),
     }))
 }
 

@@ -274,6 +274,7 @@ impl Out {
                 "delta_bytes": r.delta_bytes, "deltas_stored": r.deltas_stored,
                 "deltas_refused": r.deltas_refused,
                 "bytes_received": r.bytes_received, "bytes_sent": r.bytes_sent,
+                "path_mtu": r.path_mtu,
             }));
         } else {
             tracing::info!(

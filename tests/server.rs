@@ -563,6 +563,7 @@ fn a_protocol_2_client_is_served_without_get_batch() {
             server: server.addr.clone(),
             fingerprint: server.fingerprint.clone(),
             credential: cred.clone(),
+            bulk_download: false,
         },
         wire::MIN_PROTOCOL_VERSION,
     )
@@ -683,5 +684,34 @@ fn a_large_request_before_hello_is_refused() {
         homesync_protocol::Repository::snapshots(&good)
             .unwrap()
             .is_empty()
+    );
+}
+
+/// A restore's packets grow to `MAX_UDP_PAYLOAD` on loopback and stay
+/// there for the whole transfer; a backup keeps Ethernet-sized packets.
+/// (With 16 KiB packets quinn's 10-packet send batches exceeded 64 KiB,
+/// the kernel refused them, and the connection fell back to 1200 bytes.)
+#[test]
+fn a_restore_moves_large_packets_and_a_backup_ethernet_sized_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let client = server.client(&server.add_machine("laptop", false), tmp.path());
+    let src = tmp.path().join("src");
+    // Enough for many full send batches (about 5,000 large packets).
+    for i in 0..8u64 {
+        write_file(&src.join(format!("f{i}.bin")), &random_bytes(i, 4 << 20));
+    }
+    client.backup(&src);
+    let target = tmp.path().join("restored");
+    client.restore_latest(&target);
+    assert_eq!(describe_tree(&target), describe_tree(&src));
+    let s = server.sessions(2);
+    let mtu = |v: &serde_json::Value| v["path_mtu"].as_u64().unwrap();
+    assert!(mtu(&s[0]) <= 1472, "backup: {}", s[0]);
+    assert_eq!(
+        mtu(&s[1]),
+        homesync_protocol::wire::MAX_UDP_PAYLOAD as u64,
+        "restore: {}",
+        s[1]
     );
 }

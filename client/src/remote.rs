@@ -28,6 +28,13 @@ pub struct RemoteOptions {
     pub fingerprint: String,
     /// Machine or admin credential, or a one-time restore token.
     pub credential: String,
+    /// A session that mostly receives (a restore): both ends may then use
+    /// packets of up to [`wire::MAX_UDP_PAYLOAD`] bytes where the path
+    /// carries them. Otherwise the client keeps quinn's Ethernet-sized
+    /// packets: discovering a larger MTU costs about ten padded probes of
+    /// up to 6.5 KB in each direction, more than a daemon's small
+    /// incremental snapshot moves in all.
+    pub bulk_download: bool,
 }
 
 /// Bytes of chunk uploads in flight at once, in units of [`UNIT`]: enough
@@ -217,9 +224,15 @@ impl RemoteRepository {
         let mut transport = quinn::TransportConfig::default();
         // Keep a quiet session (a long scan) alive through NATs.
         transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
-        let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(wire::MAX_UDP_PAYLOAD);
-        transport.mtu_discovery_config(Some(mtu));
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        if opts.bulk_download {
+            let mut mtu = quinn::MtuDiscoveryConfig::default();
+            mtu.upper_bound(wire::MAX_UDP_PAYLOAD);
+            transport.mtu_discovery_config(Some(mtu));
+            endpoint_config
+                .max_udp_payload_size(wire::MAX_UDP_PAYLOAD)
+                .map_err(|e| refused(format!("QUIC setup: {e}")))?;
+        }
         config.transport_config(Arc::new(transport));
         let bind: SocketAddr = if addr.is_ipv6() {
             "[::]:0"
@@ -229,10 +242,6 @@ impl RemoteRepository {
         .parse()
         .expect("literal");
         let _guard = runtime.enter();
-        let mut endpoint_config = quinn::EndpointConfig::default();
-        endpoint_config
-            .max_udp_payload_size(wire::MAX_UDP_PAYLOAD)
-            .map_err(|e| refused(format!("QUIC setup: {e}")))?;
         let mut endpoint = udp_socket(bind)
             .and_then(|socket| {
                 quinn::Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))

@@ -183,6 +183,9 @@ pub struct SessionReport {
     /// UDP bytes in each direction, QUIC framing included.
     pub bytes_received: u64,
     pub bytes_sent: u64,
+    /// The largest UDP payload the server's packets had at the end (the
+    /// path MTU QUIC found towards the client; see `wire::MAX_UDP_PAYLOAD`).
+    pub path_mtu: u16,
 }
 
 /// A session's running counts (see [`SessionReport`]).
@@ -372,6 +375,7 @@ impl Service {
                 deltas_refused: get(&counters.deltas_refused),
                 bytes_received: stats.udp_rx.bytes,
                 bytes_sent: stats.udp_tx.bytes,
+                path_mtu: stats.path.current_mtu,
             });
         }
     }

@@ -153,6 +153,7 @@ impl Server {
                 server: self.addr.clone(),
                 fingerprint: self.fingerprint.clone(),
                 credential: credential.to_string(),
+                bulk_download: false,
             },
         )
     }
