@@ -698,14 +698,14 @@ impl Restorer<'_> {
 
     /// Removes the temporary files an interrupted restore left in directory
     /// `rel` (never a name the snapshot has there).
-    fn remove_leftovers(&self, rel: &[u8], keep: &HashSet<&[u8]>) {
+    fn remove_leftovers(&self, rel: &[u8], keep: &dyn Fn(&[u8]) -> bool) {
         let Ok(dir) = self.open_dir(rel) else { return };
         let Ok(mut entries) = rustix::fs::Dir::read_from(&dir) else {
             return;
         };
         while let Some(Ok(e)) = entries.next() {
             let name = e.file_name().to_bytes();
-            if pending_file::is_leftover(name) && !keep.contains(join(rel, name).as_slice()) {
+            if pending_file::is_leftover(name) && !keep(join(rel, name).as_slice()) {
                 let _ = rustix::fs::unlinkat(&dir, os(name), AtFlags::empty());
             }
         }
@@ -1397,22 +1397,26 @@ pub fn restore(
             .any(|d| rel.starts_with(d) && rel.get(d.len()) == Some(&b'/'))
     };
 
+    // The plan is sorted by path: what it holds is found by binary search
+    // (no set of every path next to it; see docs/benchmarks.md, memory).
+    let planned = |rel: &[u8]| -> Option<&Item> {
+        items
+            .binary_search_by(|i| i.rel.as_slice().cmp(rel))
+            .ok()
+            .map(|at| &items[at])
+    };
+
     // Leftovers of an interrupted run go (names the snapshot has are kept).
-    let planned: HashSet<&[u8]> = items.iter().map(|i| i.rel.as_slice()).collect();
     for it in items.iter().filter(|i| {
         i.node.kind == NodeKind::Dir && !under_bad(&i.rel) && !new_dirs.contains(i.rel.as_slice())
     }) {
-        r.remove_leftovers(&it.rel, &planned);
+        r.remove_leftovers(&it.rel, &|rel| planned(rel).is_some());
     }
 
     // 4. What is left to do. A hardlink whose first name is not part of
     //    this restore gets its own copy of the contents. Files an earlier
     //    run completed are not fetched again.
-    let files_planned: HashSet<&[u8]> = items
-        .iter()
-        .filter(|i| i.node.kind == NodeKind::File)
-        .map(|i| i.rel.as_slice())
-        .collect();
+    let file_planned = |rel: &[u8]| planned(rel).is_some_and(|it| it.node.kind == NodeKind::File);
     let (contents, specials): (Vec<&Item>, Vec<&Item>) = items
         .iter()
         .filter(|i| {
@@ -1420,11 +1424,8 @@ pub fn restore(
         })
         .partition(|i| {
             i.node.kind == NodeKind::File
-                || (i.node.kind == NodeKind::Hardlink
-                    && !files_planned.contains(i.node.target.as_slice()))
+                || (i.node.kind == NodeKind::Hardlink && !file_planned(&i.node.target))
         });
-    drop(planned);
-    drop(files_planned);
     let (done, todo): (Vec<&Item>, Vec<&Item>) = contents
         .into_iter()
         .partition(|it| !in_new_dir(&it.rel) && r.already_restored(&it.rel, &it.node));
@@ -1454,16 +1455,18 @@ pub fn restore(
         order_for_use(todo, snapshot.time.sec)
     };
     {
-        let mut counts: std::collections::HashMap<ChunkId, u32> = Default::default();
-        for it in phase1.iter().chain(&phase2) {
-            for c in &it.node.chunks {
-                *counts.entry(*c).or_default() += 1;
-            }
-        }
-        r.shared.lock().expect("shared chunks").uses = counts
-            .into_iter()
-            .filter(|(_, n)| *n > 1)
-            .map(|(c, n)| (c, (n, SharedChunk::Absent)))
+        // Counted by sorting (32 bytes a chunk), not in a map of every
+        // chunk: only the shared ones are kept.
+        let mut all: Vec<ChunkId> = phase1
+            .iter()
+            .chain(&phase2)
+            .flat_map(|it| it.node.chunks.iter().copied())
+            .collect();
+        all.sort_unstable();
+        r.shared.lock().expect("shared chunks").uses = all
+            .chunk_by(|a, b| a == b)
+            .filter(|run| run.len() > 1)
+            .map(|run| (run[0], (run.len() as u32, SharedChunk::Absent)))
             .collect();
     }
     tracing::info!(
@@ -1476,7 +1479,16 @@ pub fn restore(
 
     // 5. Symlinks, special files and hardlinks (their targets now exist);
     //    hardlinks to files not yet restored wait for them.
-    let late: HashSet<&[u8]> = phase2.iter().map(|it| it.rel.as_slice()).collect();
+    let targets: HashSet<&[u8]> = specials
+        .iter()
+        .filter(|it| it.node.kind == NodeKind::Hardlink)
+        .map(|it| it.node.target.as_slice())
+        .collect();
+    let late: HashSet<&[u8]> = phase2
+        .iter()
+        .map(|it| it.rel.as_slice())
+        .filter(|rel| targets.contains(rel))
+        .collect();
     let (later, now): (Vec<&Item>, Vec<&Item>) = specials.into_iter().partition(|it| {
         it.node.kind == NodeKind::Hardlink && late.contains(it.node.target.as_slice())
     });
