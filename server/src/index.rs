@@ -131,6 +131,14 @@ CREATE TABLE IF NOT EXISTS running_jobs(
 /// blobs (garbage collection asks for each pack it deletes or rewrites).
 const INDEXES: &str = "CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pack);";
 
+/// Where blob `?1` is: its pack's name, kind, offset and length. The pack's
+/// name comes from a subquery, not a join: this bundled SQLite (STAT4)
+/// re-compiled the join form on every execution, because the join's plan
+/// may depend on the bound value (2 % of a restoring server's CPU in the
+/// parser).
+const LOCATE: &str = "SELECT (SELECT name FROM packs WHERE id = b.pack), b.kind, b.offset, b.length
+     FROM blobs b WHERE b.id = ?1";
+
 /// Where a blob is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobLocation {
@@ -308,27 +316,33 @@ impl Index {
     }
 
     fn locate_in(conn: &Connection, id: &BlobId) -> Result<Option<BlobLocation>, StoreError> {
-        conn.prepare_cached(
-            "SELECT p.name, b.kind, b.offset, b.length FROM blobs b JOIN packs p ON p.id = b.pack WHERE b.id = ?1",
-        )
-        .and_then(|mut s| {
-            s.query_row([&id.0[..]], |r| {
-                let kind: u8 = r.get(1)?;
-                Ok((r.get::<_, String>(0)?, kind, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+        conn.prepare_cached(LOCATE)
+            .and_then(|mut s| {
+                s.query_row([&id.0[..]], |r| {
+                    let kind: u8 = r.get(1)?;
+                    Ok((
+                        r.get::<_, Option<String>>(0)?,
+                        kind,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
+                .optional()
             })
-            .optional()
-        })
-        .map_err(sql)?
-        .map(|(pack, kind, offset, length)| {
-            Ok(BlobLocation {
-                pack,
-                kind: BlobKind::from_u8(kind)
-                    .ok_or_else(|| StoreError::Index(format!("blob {id} has unknown kind {kind}")))?,
-                offset: offset as u64,
-                length: length as u32,
+            .map_err(sql)?
+            .map(|(pack, kind, offset, length)| {
+                Ok(BlobLocation {
+                    pack: pack.ok_or_else(|| {
+                        StoreError::Index(format!("blob {id} names a pack the index does not have"))
+                    })?,
+                    kind: BlobKind::from_u8(kind).ok_or_else(|| {
+                        StoreError::Index(format!("blob {id} has unknown kind {kind}"))
+                    })?,
+                    offset: offset as u64,
+                    length: length as u32,
+                })
             })
-        })
-        .transpose()
+            .transpose()
     }
 
     /// Records a durable pack and its blobs in one transaction. A blob already
@@ -1391,6 +1405,37 @@ mod tests {
             .optional()
             .unwrap()
             .is_some()
+    }
+
+    #[test]
+    fn locating_blobs_finds_them_and_compiles_the_statement_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::open(&dir.path().join("index.sqlite"), true).unwrap();
+        let entry = |b: u8, offset: u64| PackEntry {
+            id: BlobId([b; 32]),
+            kind: BlobKind::Tree,
+            offset,
+            length: 10,
+        };
+        index
+            .add_pack("p1", 100, &[entry(1, 8), entry(2, 18)])
+            .unwrap();
+        index.add_pack("p2", 100, &[entry(3, 8)]).unwrap();
+        let ids = [BlobId([2; 32]), BlobId([9; 32]), BlobId([3; 32])];
+        for _ in 0..50 {
+            let found = index.locate_many(&ids).unwrap();
+            let at = |l: &Option<BlobLocation>| l.as_ref().map(|l| (l.pack.clone(), l.offset));
+            assert_eq!(
+                found.iter().map(at).collect::<Vec<_>>(),
+                [Some(("p1".into(), 18)), None, Some(("p2".into(), 8))]
+            );
+            assert_eq!(found[0].as_ref().unwrap().kind, BlobKind::Tree);
+        }
+        // A restore locates every blob it reads: a statement compiled
+        // again on each run cost the server 2 % of its CPU.
+        let st = index.conn.prepare_cached(LOCATE).unwrap();
+        assert_eq!(st.get_status(rusqlite::StatementStatus::Run), 150);
+        assert_eq!(st.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 
     #[test]
