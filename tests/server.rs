@@ -715,3 +715,50 @@ fn a_restore_moves_large_packets_and_a_backup_ethernet_sized_ones() {
         s[1]
     );
 }
+
+/// A backup asks the server for its parent alone (`Latest`): what it
+/// receives does not grow with the snapshots the machine already has (the
+/// daemon takes one every few minutes, and before `Latest` each backup
+/// received the whole list).
+#[test]
+fn a_backup_asks_for_its_parent_not_for_every_snapshot() {
+    use homesync_protocol::Repository;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let cred = server.add_machine("laptop", false);
+    let client = server.client(&cred, tmp.path());
+    let src = tmp.path().join("src");
+    write_file(&src.join("notes.txt"), b"notes\n");
+    let first = client.backup(&src);
+    // 300 older snapshots of the same source (copies of the first, dated
+    // before it), so the first stays the newest.
+    {
+        let remote = server.remote(&cred).unwrap();
+        let (_, snap) = remote.snapshots().unwrap().pop().unwrap();
+        for i in 0..300 {
+            let mut old = snap.clone();
+            old.time.sec -= 3600 + i;
+            remote.commit_snapshot(&old).unwrap();
+        }
+        assert_eq!(remote.snapshots().unwrap().len(), 301);
+        // The newest for this source, in one answer.
+        let (id, _) = remote
+            .latest_snapshot("laptop", &snap.source)
+            .unwrap()
+            .unwrap();
+        assert_eq!(id.to_string(), first.snapshot_id());
+        assert!(
+            remote
+                .latest_snapshot("laptop", b"/nowhere")
+                .unwrap()
+                .is_none()
+        );
+    }
+    let again = client.backup(&src);
+    assert_eq!(again.summary_u64("blobs_added"), 0, "{}", again.describe());
+    let s = server.sessions(3);
+    // 300 snapshots would be some 50 KB; the handshake and a few answers
+    // are under 16 KiB.
+    let sent = s[2]["bytes_sent"].as_u64().unwrap();
+    assert!(sent < 16 << 10, "the server sent {sent} bytes: {}", s[2]);
+}

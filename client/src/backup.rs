@@ -671,11 +671,19 @@ fn backup_once(
         .filter_map(|p| std::fs::canonicalize(p).ok())
         .collect();
     let source_bytes = source.as_os_str().as_bytes();
-    let snapshots = repo.snapshots()?;
+    // The parent: the newest snapshot of this source (one question, not
+    // the list of every snapshot, which grows with each one the daemon
+    // takes); the daemon's own previous one when it names it.
+    let latest = repo.latest_snapshot(&opts.machine, source_bytes)?;
     let incremental = opts.incremental.as_ref().filter(|_| allow_incremental);
     let parent = match incremental {
+        Some(inc) if latest.as_ref().is_some_and(|(id, _)| *id == inc.parent) => latest,
         Some(inc) => {
-            let found = snapshots.into_iter().find(|(id, _)| *id == inc.parent);
+            // Rare: another backup of this source came in between.
+            let found = repo
+                .snapshots()?
+                .into_iter()
+                .find(|(id, _)| *id == inc.parent);
             if found.is_none() {
                 tracing::warn!(
                     "snapshot {} is gone from the store: scanning everything",
@@ -684,10 +692,7 @@ fn backup_once(
             }
             found
         }
-        None => snapshots
-            .into_iter()
-            .rev()
-            .find(|(_, s)| s.machine == opts.machine && s.source == source_bytes),
+        None => latest,
     };
     let incremental = incremental.filter(|_| parent.is_some());
     let parent_trees = ParentTrees::new(repo, parent.as_ref().map(|(_, s)| s.root_tree()));

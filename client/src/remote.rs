@@ -343,19 +343,7 @@ impl RemoteRepository {
         machine: Option<String>,
     ) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError> {
         match self.request(&Request::Snapshots { machine }, None)? {
-            Response::Snapshots { list } => list
-                .into_iter()
-                .map(|bytes| {
-                    let id = SnapshotId::of(&bytes);
-                    Snapshot::decode(&bytes)
-                        .map(|s| (id, s))
-                        .map_err(|e| refused(format!("server sent a bad snapshot: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(|mut v| {
-                    v.sort_by_key(|(id, s)| (s.time, *id));
-                    v
-                }),
+            Response::Snapshots { list } => decode_snapshots(list),
             other => Err(unexpected(other)),
         }
     }
@@ -612,6 +600,25 @@ impl RemoteRepository {
             r => Ok(r),
         }
     }
+}
+
+/// Snapshots as the server sent them, each id computed here from its bytes,
+/// oldest first.
+fn decode_snapshots<B: AsRef<[u8]>>(
+    list: Vec<B>,
+) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError> {
+    let mut v = list
+        .into_iter()
+        .map(|bytes| {
+            let bytes = bytes.as_ref();
+            let id = SnapshotId::of(bytes);
+            Snapshot::decode(bytes)
+                .map(|s| (id, s))
+                .map_err(|e| refused(format!("server sent a bad snapshot: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    v.sort_by_key(|(id, s)| (s.time, *id));
+    Ok(v)
 }
 
 /// A UDP socket with 4 MiB buffers (the kernel default drops packets under
@@ -898,6 +905,39 @@ impl Repository for RemoteRepository {
 
     fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError> {
         self.snapshots_of(None)
+    }
+
+    /// One `Latest` question (protocol 4), not the whole list; the answer is
+    /// checked to be what was asked for.
+    fn latest_snapshot(
+        &self,
+        machine: &str,
+        source: &[u8],
+    ) -> Result<Option<(SnapshotId, Snapshot)>, StoreError> {
+        if self.version < wire::LATEST_VERSION {
+            return Ok(self
+                .snapshots_of(Some(machine.to_string()))?
+                .into_iter()
+                .rev()
+                .find(|(_, s)| s.machine == machine && s.source == source));
+        }
+        let req = Request::Latest {
+            machine: Some(machine.to_string()),
+            source: source.to_vec(),
+        };
+        let list = match self.request(&req, None)? {
+            Response::Snapshots { list } if list.len() <= 1 => decode_snapshots(list)?,
+            other => return Err(unexpected(other)),
+        };
+        match list.into_iter().next() {
+            Some((_, s)) if s.machine != machine || s.source != source => Err(refused(format!(
+                "asked for the latest snapshot of {machine} for {}, the server sent one of {} for {}",
+                String::from_utf8_lossy(source),
+                s.machine,
+                String::from_utf8_lossy(&s.source)
+            ))),
+            found => Ok(found),
+        }
     }
 
     fn forget_snapshot(&self, id: SnapshotId) -> Result<(), StoreError> {

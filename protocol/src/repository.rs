@@ -136,6 +136,20 @@ pub trait Repository: Send + Sync {
     /// All snapshots, oldest first.
     fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StoreError>;
 
+    /// The newest snapshot of `machine` with source `source` (a backup's
+    /// parent). A remote store answers it without sending the whole list.
+    fn latest_snapshot(
+        &self,
+        machine: &str,
+        source: &[u8],
+    ) -> Result<Option<(SnapshotId, Snapshot)>, StoreError> {
+        Ok(self
+            .snapshots()?
+            .into_iter()
+            .rev()
+            .find(|(_, s)| s.machine == machine && s.source == source))
+    }
+
     /// The store's generation: it changes whenever blobs may have left the
     /// store (garbage collection, an index rebuilt from packs). What a
     /// client learnt about which blobs the store holds is only good for the

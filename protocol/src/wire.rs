@@ -40,15 +40,17 @@ pub const ALPN: &[u8] = b"homesync/1";
 /// the connection.
 pub const MAX_UDP_PAYLOAD: u16 = 6_500;
 
-/// Checked in `Hello`. Version 3 added `GetBatch`; a server still serves
+/// Checked in `Hello`. Version 3 added `GetBatch`, 4 `Latest`; a server still serves
 /// clients of every version from [`MIN_PROTOCOL_VERSION`] on (their requests
 /// are a subset of its own) and answers `Welcome` with the client's
 /// version, so a client knows what it may send.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest client version a server still serves.
 pub const MIN_PROTOCOL_VERSION: u32 = 2;
 /// The first version with `GetBatch`.
 pub const GET_BATCH_VERSION: u32 = 3;
+/// The first version with `Latest`.
+pub const LATEST_VERSION: u32 = 4;
 const FRAME_VERSION: u8 = 1;
 /// The largest frame: a maximal blob plus room for the message around it.
 pub const MAX_FRAME: usize = MAX_PLAIN_LEN + (1 << 20);
@@ -133,6 +135,15 @@ pub enum Request {
     /// Many blobs of one kind in one stream (protocol 3): a stream per small
     /// file costs more than the file. Answered by `Blobs`, in order.
     GetBatch { ids: Vec<BlobId>, kind: u8 },
+    /// The newest of the snapshots `Snapshots { machine }` would list whose
+    /// source is `source` (protocol 4), answered by `Snapshots` with that one
+    /// or none: what a backup needs of the list (its parent), without the
+    /// whole list, which grows with every snapshot the daemon takes.
+    Latest {
+        machine: Option<String>,
+        #[serde(with = "serde_bytes")]
+        source: Vec<u8>,
+    },
 }
 
 /// Why a request failed. Stable numbers: clients map them to exit codes.
@@ -458,6 +469,7 @@ impl Request {
             Request::Signatures { .. } => "Signatures",
             Request::PutDelta { .. } => "PutDelta",
             Request::GetBatch { .. } => "GetBatch",
+            Request::Latest { .. } => "Latest",
         }
     }
 }
@@ -528,6 +540,7 @@ impl Request {
     pub fn since_version(&self) -> u32 {
         match self {
             Request::GetBatch { .. } => GET_BATCH_VERSION,
+            Request::Latest { .. } => LATEST_VERSION,
             _ => MIN_PROTOCOL_VERSION,
         }
     }
@@ -630,6 +643,10 @@ mod tests {
             },
             Request::Snapshots {
                 machine: Some("m".into()),
+            },
+            Request::Latest {
+                machine: None,
+                source: b"/home/\xffnon-utf8".to_vec(),
             },
             Request::PutBatch {
                 chunks: vec![PutItem {
@@ -875,6 +892,19 @@ mod tests {
         ));
         s.established("bob", GET_BATCH_VERSION);
         assert_eq!(s.admit(&batch), Ok(Some("bob")));
+        let latest = Request::Latest {
+            machine: None,
+            source: b"/home".to_vec(),
+        };
+        assert!(matches!(
+            s.admit(&latest),
+            Err(Response::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            })
+        ));
+        s.established("bob", LATEST_VERSION);
+        assert_eq!(s.admit(&latest), Ok(Some("bob")));
         let too_old = Request::Hello {
             version: MIN_PROTOCOL_VERSION - 1,
             credential: "c".into(),

@@ -766,6 +766,23 @@ impl Service {
                         .collect(),
                 })
             }
+            Request::Latest { machine, source } => {
+                let wanted = machine.unwrap_or_else(|| p.machine.clone());
+                if !p.can_read_snapshot_of(&wanted) {
+                    return Response::error(
+                        ErrorCode::Forbidden,
+                        format!("{} may not list snapshots of machine {wanted:?}", p.machine),
+                    );
+                }
+                self.store
+                    .latest_snapshot(&wanted, &source)
+                    .map(|latest| Response::Snapshots {
+                        list: latest
+                            .map(|(_, s)| serde_bytes::ByteBuf::from(s.encode()))
+                            .into_iter()
+                            .collect(),
+                    })
+            }
         };
         result.unwrap_or_else(|e| Response::error(error_code(&e), e.to_string()))
     }
