@@ -751,13 +751,10 @@ impl Service {
                     .map(|id| Response::Committed { id })
             }
             Request::Snapshots { machine } => {
-                let wanted = machine.unwrap_or_else(|| p.machine.clone());
-                if !p.can_read_snapshot_of(&wanted) {
-                    return Response::error(
-                        ErrorCode::Forbidden,
-                        format!("{} may not list snapshots of machine {wanted:?}", p.machine),
-                    );
-                }
+                let wanted = match readable_machine(p, machine) {
+                    Ok(m) => m,
+                    Err(refused) => return refused,
+                };
                 self.store.snapshots().map(|all| Response::Snapshots {
                     list: all
                         .into_iter()
@@ -767,13 +764,10 @@ impl Service {
                 })
             }
             Request::Latest { machine, source } => {
-                let wanted = machine.unwrap_or_else(|| p.machine.clone());
-                if !p.can_read_snapshot_of(&wanted) {
-                    return Response::error(
-                        ErrorCode::Forbidden,
-                        format!("{} may not list snapshots of machine {wanted:?}", p.machine),
-                    );
-                }
+                let wanted = match readable_machine(p, machine) {
+                    Ok(m) => m,
+                    Err(refused) => return refused,
+                };
                 self.store
                     .latest_snapshot(&wanted, &source)
                     .map(|latest| Response::Snapshots {
@@ -785,6 +779,19 @@ impl Service {
             }
         };
         result.unwrap_or_else(|e| Response::error(error_code(&e), e.to_string()))
+    }
+}
+
+/// The machine whose snapshots `Snapshots` or `Latest` asks about (the
+/// session's own by default), or the refusal if `p` may not read them.
+fn readable_machine(p: &Principal, machine: Option<String>) -> Result<String, Response> {
+    let wanted = machine.unwrap_or_else(|| p.machine.clone());
+    match p.can_read_snapshot_of(&wanted) {
+        true => Ok(wanted),
+        false => Err(Response::error(
+            ErrorCode::Forbidden,
+            format!("{} may not list snapshots of machine {wanted:?}", p.machine),
+        )),
     }
 }
 
