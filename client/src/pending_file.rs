@@ -116,15 +116,20 @@ impl PendingFile {
 /// `/proc/self/fd` link.
 fn link(file: &File, dir: &OwnedFd, name: &OsStr) -> Result<(), Errno> {
     match rustix::fs::linkat(file.as_fd(), "", dir, name, AtFlags::EMPTY_PATH) {
-        Err(Errno::NOENT | Errno::PERM) => rustix::fs::linkat(
-            rustix::fs::CWD,
-            format!("/proc/self/fd/{}", file.as_raw_fd()).as_str(),
-            dir,
-            name,
-            AtFlags::SYMLINK_FOLLOW,
-        ),
+        Err(Errno::NOENT | Errno::PERM) => link_through_proc(file, dir, name),
         done => done,
     }
+}
+
+/// [`link`] without `CAP_DAC_READ_SEARCH`.
+fn link_through_proc(file: &File, dir: &OwnedFd, name: &OsStr) -> Result<(), Errno> {
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        format!("/proc/self/fd/{}", file.as_raw_fd()).as_str(),
+        dir,
+        name,
+        AtFlags::SYMLINK_FOLLOW,
+    )
 }
 
 #[cfg(test)]
@@ -189,6 +194,19 @@ mod tests {
         let pending = PendingFile::create(&dir).unwrap();
         assert!(pending.publish(&dir, OsStr::new("d")).is_err());
         assert_eq!(names(t.path()), ["d"]);
+    }
+
+    #[test]
+    fn an_unnamed_file_links_without_privileges_too() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = open_dir(t.path());
+        let pending = PendingFile::create(&dir).unwrap();
+        assert!(pending.tmp.is_none(), "tmpfs and ext4 have unnamed files");
+        pending.file().write_all(b"as a user").unwrap();
+        // What a restore not running as root does (AT_EMPTY_PATH needs
+        // CAP_DAC_READ_SEARCH).
+        link_through_proc(pending.file(), &dir, OsStr::new("f")).unwrap();
+        assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"as a user");
     }
 
     #[test]
