@@ -423,6 +423,11 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
                     .map(|p| p.as_os_str().as_bytes().to_vec())
                     .collect(),
                 numeric_ids: a.numeric_ids,
+                // A tuning knob, and how the tests make small homes restore
+                // in many windows.
+                plan_window: std::env::var("HOMESYNC_RESTORE_WINDOW")
+                    .ok()
+                    .and_then(|v| v.parse().ok()),
                 on_ready: Some({
                     let out = out.clone();
                     let file = a.ready_file.clone();

@@ -315,6 +315,22 @@ fn every_node_kind_round_trips() {
     assert_same_listing("getfattr listing", &xattrs_src, &getfattr_dump(&dst));
     assert_same_map("lstat listing", &lstat_src, &describe_tree(&dst));
 
+    // The same, planned at most 3 entries at a time: the snapshot goes in
+    // windows of subtrees (hardlinks across windows, directories split
+    // between windows, their metadata last), as a home larger than
+    // PLAN_WINDOW does.
+    let windowed = tmp.path().join("restored-in-windows");
+    let mut small = Homesync::new(hs.repo.clone());
+    small
+        .env
+        .push(("HOMESYNC_RESTORE_WINDOW".into(), "3".into()));
+    let run = small.restore(&id, &windowed, &[]);
+    run.expect_ok();
+    assert_eq!(run.summary_u64("errors"), 0, "{}", run.describe());
+    assert_same_listing("windows: mtree", &mtree_src, &mtree(&windowed));
+    assert_same_listing("windows: getfattr", &xattrs_src, &getfattr_dump(&windowed));
+    assert_same_map("windows: lstat", &lstat_src, &describe_tree(&windowed));
+
     // The sparse file stays sparse.
     let restored_sparse = dst.join(kinds.sparse.strip_prefix(&src).unwrap());
     let md = fs::metadata(&restored_sparse).unwrap();

@@ -113,6 +113,7 @@ fn many_machines_back_up_and_restore_at_once_without_errors() {
                             paths: vec![],
                             numeric_ids: true,
                             on_ready: None,
+                            plan_window: None,
                         },
                         &Progress::default(),
                     )

@@ -12,6 +12,10 @@
 //! only some paths are restored, the whole plan comes first and the ready
 //! point follows the login files found in it.)
 //!
+//! Bounded: at most [`PLAN_WINDOW`] entries are planned at a time; a larger
+//! snapshot is restored a window of subtrees at a time, depth first (see
+//! [`Restorer::restore_subtree`]), so memory does not grow with the home.
+//!
 //! Resumable: a file already at its place with the snapshot's size, mtime
 //! and mode was completed by an earlier run (files get their names only
 //! after contents and metadata), so it is not fetched again; temporary
@@ -71,6 +75,10 @@ pub struct RestoreOptions {
     /// way) are in place and, as root, those directories have their owners:
     /// the user may log in while the rest arrives.
     pub on_ready: Option<ReadyHook>,
+    /// At most this many entries are planned at once (default
+    /// [`PLAN_WINDOW`]): a larger snapshot is restored a window of subtrees
+    /// at a time, so memory does not grow with the home.
+    pub plan_window: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +91,12 @@ pub struct RestoreReport {
     pub errors: Vec<EntryError>,
     pub warnings: Vec<String>,
 }
+
+/// Entries planned at once by default (see [`RestoreOptions::plan_window`]):
+/// about 60 MB of plan. A home with fewer is restored in one window, in
+/// the order of use over all of it; a larger one window by window, each
+/// in that order.
+pub const PLAN_WINDOW: u64 = 100_000;
 
 /// Files up to this size may be login files (see [`login_file`]).
 const SMALL: u64 = 1 << 20;
@@ -167,6 +181,32 @@ struct Early {
 struct Item {
     rel: Vec<u8>,
     node: Node,
+}
+
+/// What [`Restorer::restore_items`] is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Window {
+    /// Everything to restore.
+    Whole,
+    /// One subtree, whole.
+    Subtree,
+    /// A subtree's root and its entries other than directories: its
+    /// subdirectories are windows of their own, so its own metadata waits.
+    Shell,
+}
+
+/// What every window of one restore shares.
+struct Run<'a> {
+    early: &'a Early,
+    target_is_new: bool,
+    is_root: bool,
+    /// The early first phase ran (see [`restore`]).
+    streamed: bool,
+    snapshot_time: i64,
+    target: &'a Path,
+    free: &'a dyn Fn() -> u64,
+    ready: &'a dyn Fn(u64, u64, u64, u64),
+    t0: std::time::Instant,
 }
 
 struct Restorer<'a> {
@@ -288,6 +328,29 @@ fn small_groups<'i, 'a>(small: &'i [&'a Item]) -> Vec<&'i [&'a Item]> {
         rest = tail;
     }
     groups
+}
+
+/// Whether, restoring window by window (see [`Restorer::restore_subtree`]),
+/// the entry at `path` was restored before the window rooted at `root`:
+/// windows go depth first, in name order, each split directory's own
+/// entries before its subdirectories. So it was if it sits directly in a
+/// directory above `root`, or below a sibling branch that sorts first.
+fn restored_before(path: &[u8], root: &[u8]) -> bool {
+    let mut p = path
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .peekable();
+    let mut r = root.split(|&b| b == b'/').filter(|c| !c.is_empty());
+    loop {
+        match (p.next(), r.next()) {
+            (Some(a), Some(b)) if a == b => continue,
+            // Directly in a directory above the window (its shell came first).
+            (Some(_), Some(_)) if p.peek().is_none() => return true,
+            (Some(a), Some(b)) => return a < b,
+            // Inside the window, or the window's root itself.
+            _ => return false,
+        }
+    }
 }
 
 fn split_parent(rel: &[u8]) -> (&[u8], &[u8]) {
@@ -678,6 +741,15 @@ impl Restorer<'_> {
         Ok(written)
     }
 
+    /// Whether a regular file is at `rel` (not following symlinks).
+    fn is_file(&self, rel: &[u8]) -> bool {
+        let (parent, name) = split_parent(rel);
+        self.open_dir(parent).is_ok_and(|dir| {
+            rustix::fs::statat(&dir, os(name), AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
+        })
+    }
+
     /// Whether an earlier run completed this file: a regular file at its
     /// place with the snapshot's size, mtime and permission bits (contents
     /// and metadata are set before a file gets its name).
@@ -904,24 +976,38 @@ impl Restorer<'_> {
     fn plan(
         &self,
         planners: &rayon::ThreadPool,
-        root: Node,
+        root: (Vec<u8>, Node),
+        depth: usize,
         filters: &[Vec<Vec<u8>>],
         max_entries: Option<u64>,
-    ) -> Result<Vec<Item>, ClientError> {
+        window: Option<u64>,
+    ) -> Result<Option<Vec<Item>>, ClientError> {
         let p = Planning {
             filters,
             max_entries: max_entries.unwrap_or(u64::MAX),
+            window: window.unwrap_or(u64::MAX),
+            keep: window != Some(0),
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
             items: Mutex::new(Vec::new()),
             entries: AtomicU64::new(0),
             queue: Mutex::new(Vec::new()),
         };
+        let p = Planning {
+            // A window of 0: a walk that only counts (see `restore_subtree`).
+            window: if p.keep { p.window } else { u64::MAX },
+            ..p
+        };
         let pr = &p;
         planners.scope(|s| {
             let mut dirs = Vec::new();
-            self.plan_entries(pr, vec![(Vec::new(), root)], 0, &mut dirs);
-            self.queue_trees(s, pr, dirs, 1);
+            self.plan_entries(pr, vec![root], depth, &mut dirs);
+            self.queue_trees(s, pr, dirs, depth + 1);
         });
         let entries = p.entries.load(Relaxed);
+        if entries > p.window && p.window < p.max_entries {
+            return Ok(None);
+        }
         if entries > p.max_entries {
             // A tree may be the subtree of many directories (copies of a
             // project), so a few small trees can name 2^40 entries: the
@@ -938,11 +1024,138 @@ impl Restorer<'_> {
                 ),
             });
         }
+        if !p.keep {
+            return Ok(Some(Vec::new()));
+        }
+        self.progress
+            .add_total(p.files.load(Relaxed), p.bytes.load(Relaxed));
         let mut items = p.items.into_inner().expect("plan");
         items.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
         // Kept to the end: without the slack of its growth.
         items.shrink_to_fit();
-        Ok(items)
+        Ok(Some(items))
+    }
+
+    /// Restores the subtree at `root` (`depth` below the snapshot's root):
+    /// whole when it has at most `window` entries; else its root and its
+    /// other entries first, then each subdirectory the same way, then the
+    /// root's metadata. Memory holds one window's plan at a time (and the
+    /// path down to it).
+    #[allow(clippy::too_many_arguments)]
+    fn restore_subtree(
+        &self,
+        planners: &rayon::ThreadPool,
+        root: (Vec<u8>, Node),
+        depth: usize,
+        run: &Run<'_>,
+        report: &mut RestoreReport,
+        deferred: &mut Vec<Item>,
+        max_entries: Option<u64>,
+        window: u64,
+    ) -> Result<(), ClientError> {
+        if let Some(items) = self.plan(
+            planners,
+            root.clone(),
+            depth,
+            &[],
+            max_entries,
+            Some(window),
+        )? {
+            tracing::info!(
+                "planned {} entries under {:?} after {:?}",
+                items.len(),
+                String::from_utf8_lossy(&root.0),
+                run.t0.elapsed()
+            );
+            // The whole snapshot in one window: as without windows.
+            let window = match root.0.is_empty() {
+                true => Window::Whole,
+                false => Window::Subtree,
+            };
+            return self.restore_items(&items, run, report, window, deferred);
+        }
+        // Too many for one window. The snapshot's root checks first, walking
+        // every tree without keeping anything, that the target has inodes
+        // for all (a few small trees can name 2^40 entries): else nothing
+        // would stop the windows before the disk is full.
+        if depth == 0 && max_entries.is_some() {
+            self.plan(planners, root.clone(), depth, &[], max_entries, Some(0))?;
+        }
+        // The root's own entries, without descending.
+        let (rel, node) = root;
+        let mut shell = self.plan_one_level(&rel, node, depth);
+        let subdirs: Vec<(Vec<u8>, Node)> = shell
+            .iter()
+            .skip(1)
+            .filter(|it| it.node.kind == NodeKind::Dir)
+            .map(|it| (it.rel.clone(), it.node.clone()))
+            .collect();
+        shell.retain(|it| it.rel == rel || it.node.kind != NodeKind::Dir);
+        self.restore_items(&shell, run, report, Window::Shell, deferred)?;
+        let root_item = shell.swap_remove(0);
+        drop(shell);
+        for sub in subdirs {
+            self.restore_subtree(
+                planners,
+                sub,
+                depth + 1,
+                run,
+                report,
+                deferred,
+                max_entries,
+                window,
+            )?;
+        }
+        // Its metadata, now that everything below it is in place.
+        let bad = |_: &[u8]| false;
+        self.finish_dirs(std::slice::from_ref(&root_item), &[], &bad);
+        Ok(())
+    }
+
+    /// A directory and its entries (checked and owners mapped as in a full
+    /// plan; subdirectories with their nodes, not descended into), sorted
+    /// by path, the directory first.
+    fn plan_one_level(&self, rel: &[u8], node: Node, depth: usize) -> Vec<Item> {
+        let p = Planning {
+            filters: &[],
+            max_entries: u64::MAX,
+            window: u64::MAX,
+            keep: true,
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            items: Mutex::new(Vec::new()),
+            entries: AtomicU64::new(0),
+            queue: Mutex::new(Vec::new()),
+        };
+        let subtree = node.subtree;
+        let mut dirs = Vec::new();
+        self.plan_entries(&p, vec![(rel.to_vec(), node)], depth, &mut dirs);
+        if let Some(sub) = subtree {
+            match browse::load_trees(self.repo, &[sub]).map(|mut t| t.pop()) {
+                Ok(Some(Ok(tree))) => {
+                    let children = tree
+                        .nodes
+                        .into_iter()
+                        .map(|child| (join(rel, &child.name), child))
+                        .collect();
+                    self.plan_entries(&p, children, depth + 1, &mut dirs);
+                }
+                Ok(Some(Err(e))) | Err(e) => self.fail(
+                    rel,
+                    Fail {
+                        msg: format!("its entries are not restored: {e}"),
+                        corrupt: e.is_corruption(),
+                    },
+                ),
+                Ok(None) => {}
+            }
+        }
+        // The directories' own entries count when their windows are planned.
+        self.progress
+            .add_total(p.files.load(Relaxed), p.bytes.load(Relaxed));
+        let mut items = p.items.into_inner().expect("plan");
+        items.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+        items
     }
 
     /// Queues directories (`depth` below the root) whose trees are to be
@@ -969,7 +1182,7 @@ impl Restorer<'_> {
     /// one call, plans their entries and queues their subdirectories. A
     /// task that finds the queue empty (others took it) has nothing to do.
     fn plan_trees<'s>(&'s self, s: &rayon::Scope<'s>, p: &'s Planning<'_>) {
-        if p.entries.load(Relaxed) > p.max_entries {
+        if p.entries.load(Relaxed) > p.max_entries.min(p.window) {
             return;
         }
         let batch = {
@@ -1069,7 +1282,8 @@ impl Restorer<'_> {
                     );
                     continue;
                 }
-                self.progress.add_total(1, node.data_len());
+                p.files.fetch_add(1, Relaxed);
+                p.bytes.fetch_add(node.data_len(), Relaxed);
             }
             // Hardlinks take no inode of their own.
             if node.kind != NodeKind::Hardlink {
@@ -1092,11 +1306,213 @@ impl Restorer<'_> {
             planned.push(Item { rel, node });
         }
         let before = p.entries.fetch_add(inodes, Relaxed);
-        if before.saturating_add(inodes) > p.max_entries {
+        if before.saturating_add(inodes) > p.max_entries.min(p.window) {
             dirs.clear();
             return;
         }
-        p.items.lock().expect("plan").extend(planned);
+        if p.keep {
+            p.items.lock().expect("plan").extend(planned);
+        }
+    }
+
+    /// Restores planned `items` (sorted by path): stages 3 to 7 of
+    /// [`restore`]. `window` says whether they are the whole restore or one
+    /// window of it (see [`Restorer::restore_subtree`]).
+    fn restore_items(
+        &self,
+        items: &[Item],
+        run: &Run<'_>,
+        report: &mut RestoreReport,
+        window: Window,
+        deferred: &mut Vec<Item>,
+    ) -> Result<(), ClientError> {
+        let r = self;
+        let (early, target_is_new, is_root, streamed) =
+            (run.early, run.target_is_new, run.is_root, run.streamed);
+        let t0 = run.t0;
+        let whole = window == Window::Whole;
+        // 3. Directories, parents first.
+        let mut bad_dirs: Vec<Vec<u8>> = early.bad_dirs.clone();
+        let mut new_dirs: HashSet<&[u8]> = early.new_dirs.iter().map(Vec::as_slice).collect();
+        if target_is_new {
+            new_dirs.insert(b"");
+        }
+        for it in items
+            .iter()
+            .filter(|i| i.node.kind == NodeKind::Dir && !i.rel.is_empty())
+        {
+            if new_dirs.contains(it.rel.as_slice()) || early.bad_dirs.contains(&it.rel) {
+                continue;
+            }
+            match r.make_dir(&it.rel) {
+                Ok(true) => {
+                    new_dirs.insert(&it.rel);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    bad_dirs.push(it.rel.clone());
+                    r.fail(&it.rel, e);
+                }
+            }
+        }
+        let in_new_dir = |rel: &[u8]| new_dirs.contains(split_parent(rel).0);
+        let under_bad = |rel: &[u8]| {
+            bad_dirs
+                .iter()
+                .any(|d| rel.starts_with(d) && rel.get(d.len()) == Some(&b'/'))
+        };
+
+        // The plan is sorted by path: what it holds is found by binary search
+        // (no set of every path next to it; see docs/benchmarks.md, memory).
+        let planned = |rel: &[u8]| -> Option<&Item> {
+            items
+                .binary_search_by(|i| i.rel.as_slice().cmp(rel))
+                .ok()
+                .map(|at| &items[at])
+        };
+
+        // Leftovers of an interrupted run go (names the snapshot has are kept).
+        for it in items.iter().filter(|i| {
+            i.node.kind == NodeKind::Dir
+                && !under_bad(&i.rel)
+                && !new_dirs.contains(i.rel.as_slice())
+        }) {
+            r.remove_leftovers(&it.rel, &|rel| planned(rel).is_some());
+        }
+
+        // 4. What is left to do. A hardlink whose first name is not part of
+        //    this restore gets its own copy of the contents; one whose first
+        //    name is in another window is linked after every window. Files
+        //    an earlier run completed are not fetched again.
+        let file_planned =
+            |rel: &[u8]| planned(rel).is_some_and(|it| it.node.kind == NodeKind::File);
+        let window_root = items.first().map_or(&b""[..], |it| it.rel.as_slice());
+        let (elsewhere, here): (Vec<&Item>, Vec<&Item>) = items
+            .iter()
+            .filter(|i| {
+                i.node.kind != NodeKind::Dir && !under_bad(&i.rel) && !early.done.contains(&i.rel)
+            })
+            .partition(|i| {
+                !whole
+                    && i.node.kind == NodeKind::Hardlink
+                    && !file_planned(&i.node.target)
+                    && !restored_before(&i.node.target, window_root)
+            });
+        for it in elsewhere {
+            // Its directory's metadata is set again once it is linked.
+            let parent = split_parent(&it.rel).0;
+            deferred.extend(planned(parent).into_iter().chain([it]).map(|it| Item {
+                rel: it.rel.clone(),
+                node: it.node.clone(),
+            }));
+        }
+        let (contents, specials): (Vec<&Item>, Vec<&Item>) = here.into_iter().partition(|i| {
+            i.node.kind == NodeKind::File
+                || (whole && i.node.kind == NodeKind::Hardlink && !file_planned(&i.node.target))
+        });
+        let (done, todo): (Vec<&Item>, Vec<&Item>) = contents
+            .into_iter()
+            .partition(|it| !in_new_dir(&it.rel) && r.already_restored(&it.rel, &it.node));
+        for it in &done {
+            report.skipped += 1;
+            report.skipped_bytes += it.node.data_len();
+            r.progress.add_done(1, it.node.data_len());
+        }
+        // Stop before filling the disk: the run can be repeated once there is
+        // room, and it resumes.
+        let needed = todo
+            .iter()
+            .fold(0u64, |n, it| n.saturating_add(it.node.data_len()));
+        let free = (run.free)();
+        if needed > free {
+            return Err(ClientError::NoSpace {
+                path: run.target.to_path_buf(),
+                needed,
+                free,
+            });
+        }
+        let (phase1, phase2) = if streamed {
+            let mut rest = todo;
+            rest.sort_by_key(|it| (!recent(&it.node, run.snapshot_time), -it.node.mtime.sec));
+            (Vec::new(), rest)
+        } else {
+            order_for_use(todo, run.snapshot_time)
+        };
+        {
+            // Counted by sorting (32 bytes a chunk), not in a map of every
+            // chunk: only the shared ones are kept.
+            let mut all: Vec<ChunkId> = phase1
+                .iter()
+                .chain(&phase2)
+                .flat_map(|it| it.node.chunks.iter().copied())
+                .collect();
+            all.sort_unstable();
+            r.shared.lock().expect("shared chunks").uses = all
+                .chunk_by(|a, b| a == b)
+                .filter(|run| run.len() > 1)
+                .map(|run| (run[0], (run.len() as u32, SharedChunk::Absent)))
+                .collect();
+        }
+        tracing::info!(
+            "{} files to restore ({} in the first phase) after {:?}",
+            phase1.len() + phase2.len(),
+            phase1.len(),
+            t0.elapsed()
+        );
+        r.restore_contents(&phase1);
+
+        // 5. Symlinks, special files and hardlinks (their targets now exist);
+        //    hardlinks to files not yet restored wait for them.
+        let targets: HashSet<&[u8]> = specials
+            .iter()
+            .filter(|it| it.node.kind == NodeKind::Hardlink)
+            .map(|it| it.node.target.as_slice())
+            .collect();
+        let late: HashSet<&[u8]> = phase2
+            .iter()
+            .map(|it| it.rel.as_slice())
+            .filter(|rel| targets.contains(rel))
+            .collect();
+        let (later, now): (Vec<&Item>, Vec<&Item>) = specials.into_iter().partition(|it| {
+            it.node.kind == NodeKind::Hardlink && late.contains(it.node.target.as_slice())
+        });
+        for it in now {
+            if let Err(e) = r.restore_special(&it.rel, &it.node) {
+                r.fail(&it.rel, e);
+            }
+        }
+
+        // 6. Without an early first phase, it ends here: directories get their
+        //    owners and modes (as root, who can still write into read-only
+        //    ones), then the caller hears that the user may log in.
+        if !streamed {
+            if is_root {
+                r.finish_dirs(items, &bad_dirs, &under_bad);
+            }
+            (run.ready)(
+                r.files.load(Relaxed) + report.skipped,
+                r.bytes.load(Relaxed) + report.skipped_bytes,
+                phase2.len() as u64 + later.len() as u64,
+                phase2.iter().map(|it| it.node.data_len()).sum(),
+            );
+        }
+        r.restore_contents(&phase2);
+        tracing::info!("contents restored after {:?}", t0.elapsed());
+        for it in later {
+            if let Err(e) = r.restore_special(&it.rel, &it.node) {
+                r.fail(&it.rel, e);
+            }
+        }
+
+        // 7. Directory metadata, deepest first, so restoring a child's mtime or
+        //    a read-only mode never disturbs what is still to be written. A
+        //    window's root that was split waits for its subwindows.
+        let items = match window {
+            Window::Shell => &items[1..],
+            _ => items,
+        };
+        r.finish_dirs(items, &bad_dirs, &under_bad);
+        Ok(())
     }
 
     /// The entries a login needs, found without walking the whole
@@ -1239,6 +1655,13 @@ impl Restorer<'_> {
 struct Planning<'a> {
     filters: &'a [Vec<Vec<u8>>],
     max_entries: u64,
+    /// Planning stops past this many entries (a window too large).
+    window: u64,
+    /// Whether entries are kept (else only counted).
+    keep: bool,
+    /// Files and bytes planned, added to the progress once the plan is kept.
+    files: AtomicU64,
+    bytes: AtomicU64,
     items: Mutex<Vec<Item>>,
     /// Entries planned that take an inode.
     entries: AtomicU64,
@@ -1362,167 +1785,66 @@ pub fn restore(
     report.skipped = early.skipped;
     report.skipped_bytes = early.skipped_bytes;
 
-    // 2. The plan: every entry.
-    let items = r.plan(&planners, snapshot.root.clone(), &filters, max_entries)?;
-    tracing::info!("planned {} entries in {:?}", items.len(), t0.elapsed());
-
-    // 3. Directories, parents first.
-    let mut bad_dirs: Vec<Vec<u8>> = early.bad_dirs.clone();
-    let mut new_dirs: HashSet<&[u8]> = early.new_dirs.iter().map(Vec::as_slice).collect();
-    if target_is_new {
-        new_dirs.insert(b"");
-    }
-    for it in items
-        .iter()
-        .filter(|i| i.node.kind == NodeKind::Dir && !i.rel.is_empty())
-    {
-        if new_dirs.contains(it.rel.as_slice()) || early.bad_dirs.contains(&it.rel) {
-            continue;
-        }
-        match r.make_dir(&it.rel) {
-            Ok(true) => {
-                new_dirs.insert(&it.rel);
-            }
-            Ok(false) => {}
-            Err(e) => {
-                bad_dirs.push(it.rel.clone());
+    // 2. The plan, and the rest. With an early first phase the snapshot is
+    //    restored in windows of at most `plan_window` entries (one window
+    //    when it is smaller), so the plan's memory does not grow with the
+    //    home; otherwise the whole plan comes first.
+    let run = Run {
+        early: &early,
+        target_is_new,
+        is_root,
+        streamed,
+        snapshot_time: snapshot.time.sec,
+        target: &opts.target,
+        free: &free,
+        ready: &ready,
+        t0,
+    };
+    let mut deferred = Vec::new();
+    if streamed {
+        let window = opts.plan_window.unwrap_or(PLAN_WINDOW).max(1);
+        r.restore_subtree(
+            &planners,
+            (Vec::new(), snapshot.root.clone()),
+            0,
+            &run,
+            &mut report,
+            &mut deferred,
+            max_entries,
+            window,
+        )?;
+        // Hardlinks whose first name is in another window: linked now that
+        // every window is in place; one whose first name is not there (not
+        // in the snapshot, or failed) gets its own copy, as without windows.
+        let (mut dirs, deferred): (Vec<Item>, Vec<Item>) = deferred
+            .into_iter()
+            .partition(|it| it.node.kind == NodeKind::Dir);
+        let (links, copies): (Vec<Item>, Vec<Item>) = deferred
+            .into_iter()
+            .partition(|it| r.is_file(&it.node.target));
+        for it in links {
+            if let Err(e) = r.restore_special(&it.rel, &it.node) {
                 r.fail(&it.rel, e);
             }
         }
-    }
-    let in_new_dir = |rel: &[u8]| new_dirs.contains(split_parent(rel).0);
-    let under_bad = |rel: &[u8]| {
-        bad_dirs
-            .iter()
-            .any(|d| rel.starts_with(d) && rel.get(d.len()) == Some(&b'/'))
-    };
-
-    // The plan is sorted by path: what it holds is found by binary search
-    // (no set of every path next to it; see docs/benchmarks.md, memory).
-    let planned = |rel: &[u8]| -> Option<&Item> {
-        items
-            .binary_search_by(|i| i.rel.as_slice().cmp(rel))
-            .ok()
-            .map(|at| &items[at])
-    };
-
-    // Leftovers of an interrupted run go (names the snapshot has are kept).
-    for it in items.iter().filter(|i| {
-        i.node.kind == NodeKind::Dir && !under_bad(&i.rel) && !new_dirs.contains(i.rel.as_slice())
-    }) {
-        r.remove_leftovers(&it.rel, &|rel| planned(rel).is_some());
-    }
-
-    // 4. What is left to do. A hardlink whose first name is not part of
-    //    this restore gets its own copy of the contents. Files an earlier
-    //    run completed are not fetched again.
-    let file_planned = |rel: &[u8]| planned(rel).is_some_and(|it| it.node.kind == NodeKind::File);
-    let (contents, specials): (Vec<&Item>, Vec<&Item>) = items
-        .iter()
-        .filter(|i| {
-            i.node.kind != NodeKind::Dir && !under_bad(&i.rel) && !early.done.contains(&i.rel)
-        })
-        .partition(|i| {
-            i.node.kind == NodeKind::File
-                || (i.node.kind == NodeKind::Hardlink && !file_planned(&i.node.target))
-        });
-    let (done, todo): (Vec<&Item>, Vec<&Item>) = contents
-        .into_iter()
-        .partition(|it| !in_new_dir(&it.rel) && r.already_restored(&it.rel, &it.node));
-    for it in &done {
-        report.skipped += 1;
-        report.skipped_bytes += it.node.data_len();
-        progress.add_done(1, it.node.data_len());
-    }
-    // Stop before filling the disk: the run can be repeated once there is
-    // room, and it resumes.
-    let needed = todo
-        .iter()
-        .fold(0u64, |n, it| n.saturating_add(it.node.data_len()));
-    let free = free();
-    if needed > free {
-        return Err(ClientError::NoSpace {
-            path: opts.target.clone(),
-            needed,
-            free,
-        });
-    }
-    let (phase1, phase2) = if streamed {
-        let mut rest = todo;
-        rest.sort_by_key(|it| (!recent(&it.node, snapshot.time.sec), -it.node.mtime.sec));
-        (Vec::new(), rest)
+        r.restore_contents(&copies.iter().collect::<Vec<_>>());
+        dirs.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+        dirs.dedup_by(|a, b| a.rel == b.rel);
+        r.finish_dirs(&dirs, &[], &|_: &[u8]| false);
     } else {
-        order_for_use(todo, snapshot.time.sec)
-    };
-    {
-        // Counted by sorting (32 bytes a chunk), not in a map of every
-        // chunk: only the shared ones are kept.
-        let mut all: Vec<ChunkId> = phase1
-            .iter()
-            .chain(&phase2)
-            .flat_map(|it| it.node.chunks.iter().copied())
-            .collect();
-        all.sort_unstable();
-        r.shared.lock().expect("shared chunks").uses = all
-            .chunk_by(|a, b| a == b)
-            .filter(|run| run.len() > 1)
-            .map(|run| (run[0], (run.len() as u32, SharedChunk::Absent)))
-            .collect();
+        let items = r
+            .plan(
+                &planners,
+                (Vec::new(), snapshot.root.clone()),
+                0,
+                &filters,
+                max_entries,
+                None,
+            )?
+            .expect("a plan without a window is never too large");
+        tracing::info!("planned {} entries in {:?}", items.len(), t0.elapsed());
+        r.restore_items(&items, &run, &mut report, Window::Whole, &mut deferred)?;
     }
-    tracing::info!(
-        "{} files to restore ({} in the first phase) after {:?}",
-        phase1.len() + phase2.len(),
-        phase1.len(),
-        t0.elapsed()
-    );
-    r.restore_contents(&phase1);
-
-    // 5. Symlinks, special files and hardlinks (their targets now exist);
-    //    hardlinks to files not yet restored wait for them.
-    let targets: HashSet<&[u8]> = specials
-        .iter()
-        .filter(|it| it.node.kind == NodeKind::Hardlink)
-        .map(|it| it.node.target.as_slice())
-        .collect();
-    let late: HashSet<&[u8]> = phase2
-        .iter()
-        .map(|it| it.rel.as_slice())
-        .filter(|rel| targets.contains(rel))
-        .collect();
-    let (later, now): (Vec<&Item>, Vec<&Item>) = specials.into_iter().partition(|it| {
-        it.node.kind == NodeKind::Hardlink && late.contains(it.node.target.as_slice())
-    });
-    for it in now {
-        if let Err(e) = r.restore_special(&it.rel, &it.node) {
-            r.fail(&it.rel, e);
-        }
-    }
-
-    // 6. Without an early first phase, it ends here: directories get their
-    //    owners and modes (as root, who can still write into read-only
-    //    ones), then the caller hears that the user may log in.
-    if !streamed {
-        if is_root {
-            r.finish_dirs(&items, &bad_dirs, &under_bad);
-        }
-        ready(
-            r.files.load(Relaxed) + report.skipped,
-            r.bytes.load(Relaxed) + report.skipped_bytes,
-            phase2.len() as u64 + later.len() as u64,
-            phase2.iter().map(|it| it.node.data_len()).sum(),
-        );
-    }
-    r.restore_contents(&phase2);
-    tracing::info!("contents restored after {:?}", t0.elapsed());
-    for it in later {
-        if let Err(e) = r.restore_special(&it.rel, &it.node) {
-            r.fail(&it.rel, e);
-        }
-    }
-
-    // 7. Directory metadata, deepest first, so restoring a child's mtime or
-    //    a read-only mode never disturbs what is still to be written.
-    r.finish_dirs(&items, &bad_dirs, &under_bad);
 
     report.files = r.files.load(Relaxed);
     report.bytes = r.bytes.load(Relaxed);
@@ -1675,6 +1997,32 @@ mod tests {
         // ends the one before; then groups of GROUP_FILES.
         assert_eq!(sizes, [2, 1, GROUP_FILES, GROUP_FILES, 3]);
         assert!(small_groups(&[]).is_empty());
+    }
+
+    #[test]
+    fn windows_go_depth_first_in_name_order_a_split_directorys_own_entries_first() {
+        // Restoring the window rooted at b/d: done are the entries directly
+        // in the split directories above it ("", b), and every branch that
+        // sorts before it (a, b/c).
+        for (path, before) in [
+            (&b"top.txt"[..], true),
+            (b"a/deep/x", true),
+            (b"b/file", true),
+            (b"b/c/x", true),
+            (b"b/d", false),
+            (b"b/d/x", false),
+            (b"b/e/x", false),
+            (b"c/x", false),
+        ] {
+            assert_eq!(
+                restored_before(path, b"b/d"),
+                before,
+                "{}",
+                String::from_utf8_lossy(path)
+            );
+        }
+        // A window at the snapshot's root comes first.
+        assert!(!restored_before(b"x", b""));
     }
 
     #[test]
