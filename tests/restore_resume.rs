@@ -269,3 +269,56 @@ fn owners_map_by_name_onto_the_new_machines_ids() {
     let m = std::fs::metadata(numeric.join("alice/notes.txt")).unwrap();
     assert_eq!((m.uid(), m.gid()), (47101, 47101));
 }
+
+/// A home restored three entries' plan at a time (windows of subtrees, as
+/// a home larger than PLAN_WINDOW is) resumes the same way: a second run
+/// fetches only what is missing, a third changes nothing.
+#[test]
+fn a_restore_in_windows_resumes_and_a_second_run_fetches_only_what_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let client = server.client(&server.add_machine("laptop", false), tmp.path());
+    let src = tmp.path().join("src");
+    make_home(&src);
+    client.backup(&src);
+    let target = tmp.path().join("home");
+    let restore = || {
+        let run = client.run_with_env(
+            &[
+                OsStr::new("restore"),
+                OsStr::new("latest"),
+                OsStr::new("--target"),
+                target.as_os_str(),
+            ],
+            &[("HOMESYNC_RESTORE_WINDOW", "3")],
+        );
+        run.expect_ok();
+        run
+    };
+    restore();
+    assert_same_listing("first restore", &mtree(&src), &mtree(&target));
+    std::fs::remove_file(target.join("Videos/2020-wedding.mp4")).unwrap();
+    std::fs::remove_file(target.join(".config/app1/settings-4")).unwrap();
+    let second = restore();
+    assert_eq!(
+        second.summary_u64("files_skipped"),
+        31,
+        "{}",
+        second.describe()
+    );
+    assert_eq!(
+        second.summary_u64("bytes_restored"),
+        (3 << 20) + "setting 4\n".len() as u64 * (50 + 4),
+        "{}",
+        second.describe()
+    );
+    assert_same_listing("second restore", &mtree(&src), &mtree(&target));
+    let third = restore();
+    assert_eq!(
+        third.summary_u64("bytes_restored"),
+        0,
+        "{}",
+        third.describe()
+    );
+    assert_same_listing("third restore", &mtree(&src), &mtree(&target));
+}

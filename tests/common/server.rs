@@ -206,8 +206,15 @@ impl Client {
     }
 
     pub fn run(&self, args: &[&OsStr]) -> Run {
-        let cmdline = format!("homesync --server {} {:?}", self.server, args);
-        let (code, stdout, stderr) = run_with_timeout(self.command(args), RUN_TIMEOUT, &cmdline);
+        self.run_with_env(args, &[])
+    }
+
+    /// [`Client::run`] with these environment variables set.
+    pub fn run_with_env(&self, args: &[&OsStr], env: &[(&str, &str)]) -> Run {
+        let cmdline = format!("homesync --server {} {:?} (env {env:?})", self.server, args);
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied());
+        let (code, stdout, stderr) = run_with_timeout(cmd, RUN_TIMEOUT, &cmdline);
         let json = stdout
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
