@@ -43,46 +43,29 @@ fn trials() -> usize {
     }
 }
 
-/// SplitMix64: small, seedable, and good enough to spread kill points.
-struct Rng(u64);
+/// The kill points' generator for scenario `name`: seeded from
+/// `HOMESYNC_CRASH_SEED` or the clock, mixed with the name so that each
+/// test has its own sequence; printed so that a failure can be replayed.
+fn scenario_rng(name: &str) -> Rng {
+    let base = match std::env::var("HOMESYNC_CRASH_SEED") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("HOMESYNC_CRASH_SEED={v:?} is not a number")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    };
+    eprintln!("{name}: HOMESYNC_CRASH_SEED={base} repeats this run");
+    let mixed = name
+        .bytes()
+        .fold(base, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01B3));
+    Rng(mixed)
+}
 
-impl Rng {
-    /// Seeded from `HOMESYNC_CRASH_SEED` or the clock, mixed with the
-    /// scenario's name so that each test has its own sequence; printed so
-    /// that a failure can be replayed.
-    fn for_scenario(name: &str) -> Rng {
-        let base = match std::env::var("HOMESYNC_CRASH_SEED") {
-            Ok(v) => v
-                .parse()
-                .unwrap_or_else(|_| panic!("HOMESYNC_CRASH_SEED={v:?} is not a number")),
-            Err(_) => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64,
-        };
-        eprintln!("{name}: HOMESYNC_CRASH_SEED={base} repeats this run");
-        let mixed = name
-            .bytes()
-            .fold(base, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01B3));
-        Rng(mixed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// A uniformly random point of `whole`.
-    fn point_of(&mut self, whole: Duration) -> Duration {
-        whole.mul_f64((self.next() >> 11) as f64 / (1u64 << 53) as f64)
-    }
+/// A uniformly random point of `whole`.
+fn point_of(rng: &mut Rng, whole: Duration) -> Duration {
+    whole.mul_f64((rng.next() >> 11) as f64 / (1u64 << 53) as f64)
 }
 
 /// A child whose output is collected on threads (so a full pipe never
@@ -123,7 +106,7 @@ impl Running {
     /// `whole` was measured), `whole` becomes what it took, so that later
     /// kills keep landing inside the operation.
     fn run_to_random_point(&mut self, rng: &mut Rng, whole: &mut Duration) {
-        let point = rng.point_of(*whole);
+        let point = point_of(rng, *whole);
         while self.started.elapsed() < point {
             if self.child.try_wait().unwrap().is_some() {
                 *whole = self.started.elapsed();
@@ -178,7 +161,7 @@ fn stored_bytes(store: &Path) -> u64 {
 /// A home of many small files (one chunk each) and a few larger ones.
 fn make_home(src: &Path, rng: &mut Rng) {
     for i in 0..120 {
-        let len = 1024 + rng.below(24 << 10) as usize;
+        let len = 1024 + rng.below(24 << 10);
         write_file(
             &src.join(format!("d{}/f{i}", i % 6)),
             &random_bytes(rng.next(), len),
@@ -203,13 +186,13 @@ fn change_home(src: &Path, rng: &mut Rng, round: usize) -> u64 {
     files.sort();
     let mut new = 0;
     for _ in 0..12 {
-        let f = &files[rng.below(files.len() as u64) as usize];
-        let len = 1024 + rng.below(24 << 10) as usize;
+        let f = &files[rng.below(files.len())];
+        let len = 1024 + rng.below(24 << 10);
         write_file(f, &random_bytes(rng.next(), len));
         new += len as u64;
     }
     for i in 0..8 {
-        let len = 1024 + rng.below(24 << 10) as usize;
+        let len = 1024 + rng.below(24 << 10);
         write_file(
             &src.join(format!("r{round}/n{i}")),
             &random_bytes(rng.next(), len),
@@ -217,7 +200,7 @@ fn change_home(src: &Path, rng: &mut Rng, round: usize) -> u64 {
         new += len as u64;
     }
     for _ in 0..4 {
-        let f = &files[rng.below(files.len() as u64) as usize];
+        let f = &files[rng.below(files.len())];
         let _ = std::fs::remove_file(f);
     }
     let len = 600 << 10;
@@ -409,7 +392,7 @@ fn report(name: &str, trials: usize, interrupted: usize, partial: usize) {
 /// A fleet with two snapshots, and how long the second backup (of a
 /// day's changes, as each trial makes) took.
 fn backup_fleet(scenario: &str) -> (Rng, Fleet, Duration) {
-    let mut rng = Rng::for_scenario(scenario);
+    let mut rng = scenario_rng(scenario);
     let mut fleet = Fleet::new(&mut rng);
     fleet.backup();
     change_home(&fleet.src, &mut rng, 0);
@@ -471,7 +454,7 @@ fn server_killed_during_backups_loses_nothing_committed_and_the_rerun_sends_only
 /// Restores of one snapshot, each killed at a random point (the server
 /// with it when `crash_server`), then run again to the end.
 fn restores_killed(scenario: &str, what: &str, crash_server: bool) {
-    let mut rng = Rng::for_scenario(scenario);
+    let mut rng = scenario_rng(scenario);
     let mut fleet = Fleet::new(&mut rng);
     fleet.backup();
     let want = describe_tree(&fleet.src);
@@ -530,7 +513,7 @@ fn run_job(fleet: &Fleet, kind: &str, config: &Path) -> Duration {
 
 #[test]
 fn retention_and_gc_killed_anywhere_leave_every_kept_snapshot_whole_and_finish_next_time() {
-    let mut rng = Rng::for_scenario("job-kill");
+    let mut rng = scenario_rng("job-kill");
     let mut fleet = Fleet::new(&mut rng);
     const KEEP: usize = 3;
     let config = fleet.tmp.path().join("server.toml");

@@ -12,6 +12,9 @@
 //! and `HOMESYNC_FUZZ_SEED` make the long mode; `HOMESYNC_FUZZ_UPDATE=1`
 //! writes the built-in seeds into the corpus.
 
+mod common;
+
+use common::Rng;
 use homesync_protocol::wire::{ErrorCode, Request, Response};
 use homesync_protocol::{
     BlobEncoder, BlobId, BlobKind, ChunkerParams, Node, NodeKind, Snapshot, SnapshotId, Timestamp,
@@ -30,27 +33,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// SplitMix64: small, seeded, the same run every time.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
 }
 
 /// One to four mutations of `input`.
