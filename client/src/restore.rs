@@ -982,50 +982,10 @@ impl Restorer<'_> {
         max_entries: Option<u64>,
         window: Option<u64>,
     ) -> Result<Option<Vec<Item>>, ClientError> {
-        let p = Planning {
-            filters,
-            max_entries: max_entries.unwrap_or(u64::MAX),
-            window: window.unwrap_or(u64::MAX),
-            keep: window != Some(0),
-            files: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            items: Mutex::new(Vec::new()),
-            entries: AtomicU64::new(0),
-            queue: Mutex::new(Vec::new()),
-        };
-        let p = Planning {
-            // A window of 0: a walk that only counts (see `restore_subtree`).
-            window: if p.keep { p.window } else { u64::MAX },
-            ..p
-        };
-        let pr = &p;
-        planners.scope(|s| {
-            let mut dirs = Vec::new();
-            self.plan_entries(pr, vec![root], depth, &mut dirs);
-            self.queue_trees(s, pr, dirs, depth + 1);
-        });
-        let entries = p.entries.load(Relaxed);
-        if entries > p.window && p.window < p.max_entries {
+        let p = Planning::new(filters, max_entries, window.unwrap_or(u64::MAX), true);
+        self.walk(planners, &p, root, depth)?;
+        if p.entries.load(Relaxed) > p.window {
             return Ok(None);
-        }
-        if entries > p.max_entries {
-            // A tree may be the subtree of many directories (copies of a
-            // project), so a few small trees can name 2^40 entries: the
-            // plan stops before it outgrows what the target could hold.
-            return Err(ClientError::Io {
-                path: self.target.clone(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::StorageFull,
-                    format!(
-                        "the snapshot has more than {} entries (found {entries} before \
-                         stopping), more than this file system has inodes in all",
-                        p.max_entries
-                    ),
-                ),
-            });
-        }
-        if !p.keep {
-            return Ok(Some(Vec::new()));
         }
         self.progress
             .add_total(p.files.load(Relaxed), p.bytes.load(Relaxed));
@@ -1034,6 +994,52 @@ impl Restorer<'_> {
         // Kept to the end: without the slack of its growth.
         items.shrink_to_fit();
         Ok(Some(items))
+    }
+
+    /// Walks every tree below `root`, keeping nothing, to refuse a snapshot
+    /// with more entries than `max_entries` (see [`Restorer::walk`]).
+    fn count_entries(
+        &self,
+        planners: &rayon::ThreadPool,
+        root: (Vec<u8>, Node),
+        max_entries: Option<u64>,
+    ) -> Result<(), ClientError> {
+        let p = Planning::new(&[], max_entries, u64::MAX, false);
+        self.walk(planners, &p, root, 0)
+    }
+
+    /// Plans `root` and below into `p` (see [`Restorer::plan`]); an error
+    /// when more entries than `p.max_entries` were found.
+    fn walk(
+        &self,
+        planners: &rayon::ThreadPool,
+        p: &Planning<'_>,
+        root: (Vec<u8>, Node),
+        depth: usize,
+    ) -> Result<(), ClientError> {
+        planners.scope(|s| {
+            let mut dirs = Vec::new();
+            self.plan_entries(p, vec![root], depth, &mut dirs);
+            self.queue_trees(s, p, dirs, depth + 1);
+        });
+        let entries = p.entries.load(Relaxed);
+        if entries <= p.max_entries || p.window < p.max_entries {
+            return Ok(());
+        }
+        // A tree may be the subtree of many directories (copies of a
+        // project), so a few small trees can name 2^40 entries: the plan
+        // stops before it outgrows what the target could hold.
+        Err(ClientError::Io {
+            path: self.target.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "the snapshot has more than {} entries (found {entries} before \
+                     stopping), more than this file system has inodes in all",
+                    p.max_entries
+                ),
+            ),
+        })
     }
 
     /// Restores the subtree at `root` (`depth` below the snapshot's root):
@@ -1079,7 +1085,7 @@ impl Restorer<'_> {
         // for all (a few small trees can name 2^40 entries): else nothing
         // would stop the windows before the disk is full.
         if depth == 0 && max_entries.is_some() {
-            self.plan(planners, root.clone(), depth, &[], max_entries, Some(0))?;
+            self.count_entries(planners, root.clone(), max_entries)?;
         }
         // The root's own entries, without descending.
         let (rel, node) = root;
@@ -1116,17 +1122,7 @@ impl Restorer<'_> {
     /// plan; subdirectories with their nodes, not descended into), sorted
     /// by path, the directory first.
     fn plan_one_level(&self, rel: &[u8], node: Node, depth: usize) -> Vec<Item> {
-        let p = Planning {
-            filters: &[],
-            max_entries: u64::MAX,
-            window: u64::MAX,
-            keep: true,
-            files: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            items: Mutex::new(Vec::new()),
-            entries: AtomicU64::new(0),
-            queue: Mutex::new(Vec::new()),
-        };
+        let p = Planning::new(&[], None, u64::MAX, true);
         let subtree = node.subtree;
         let mut dirs = Vec::new();
         self.plan_entries(&p, vec![(rel.to_vec(), node)], depth, &mut dirs);
@@ -1668,6 +1664,22 @@ struct Planning<'a> {
     /// Directories whose trees are still to be fetched: (path, tree, depth).
     #[allow(clippy::type_complexity)]
     queue: Mutex<Vec<(Vec<u8>, homesync_protocol::TreeId, usize)>>,
+}
+
+impl<'a> Planning<'a> {
+    fn new(filters: &'a [Vec<Vec<u8>>], max_entries: Option<u64>, window: u64, keep: bool) -> Self {
+        Planning {
+            filters,
+            max_entries: max_entries.unwrap_or(u64::MAX),
+            window,
+            keep,
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            items: Mutex::new(Vec::new()),
+            entries: AtomicU64::new(0),
+            queue: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 /// Restores `snapshot` (or the parts named in `opts.paths`) into `opts.target`.
