@@ -107,7 +107,7 @@ impl PackBackend for LocalDir {
                 true => Ok(()),
                 false => Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
-                    format!("the pack ends after {n} bytes"),
+                    format!("only {n} bytes are there: the pack is shorter"),
                 )),
             })
             .map_err(io(format!(
